@@ -129,6 +129,30 @@ def load(path: str, mesh=None, **run: Any):
     return nnx.merge(graphdef, abstract_state)
 
 
+def load_dsl(path: str, mesh=None, **run: Any):
+    """Load a checkpoint with DSL parameters as a :class:`dsl_jax.dsl.DSLModel` on ``mesh``."""
+    from dsl_jax.dsl import DSLConfig, build_dsl
+    from dsl_jax.sharding import state_shardings
+
+    meta = read_meta(path)
+    require(meta.get("dsl") is not None,
+            f"{path}: checkpoint has no DSL parameters (noise embedding and converter); "
+            "convert a DSL-LLaDA checkpoint or train one with 'dsl-jax train'")
+    cfg = model_config(meta, source=os.path.join(path, META_FILE), **run)
+    dsl = DSLConfig.from_dict(meta["dsl"])
+    mesh = mesh if mesh is not None else current_mesh_or_default()
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(build_dsl(cfg, dsl)))
+    pure = abstract_pure(abstract_state, state_shardings(abstract_state, mesh))
+    tree = restore_partial(path, {"model": pure["llada"],
+                                  "dsl": {k: v for k, v in pure.items() if k != "llada"}})
+    nnx.replace_by_pure_dict(abstract_state, {"llada": tree["model"], **tree["dsl"]})
+    return nnx.merge(graphdef, abstract_state)
+
+
+def has_dsl(path: str) -> bool:
+    return read_meta(path).get("dsl") is not None
+
+
 def restore_partial(path: str, target: dict) -> dict:
     """Restore only the top-level items of ``target`` (for example just ``model``)."""
     import orbax.checkpoint as ocp
@@ -172,10 +196,12 @@ def current_mesh_or_default():
     return make_mesh()
 
 
-def save_model(path: str, model, dsl_params: dict | None = None, dsl_meta: dict | None = None,
-               overwrite: bool = False) -> None:
-    """Save a LLaDA model (and optional DSL parameters) as a dsl-jax checkpoint."""
-    params = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
-    if dsl_params is not None:
-        params["dsl"] = dsl_params
-    save(path, params, make_meta(model.cfg, dsl_meta), overwrite=overwrite)
+def save_model(path: str, model, overwrite: bool = False) -> None:
+    """Save a :class:`LLaDA` or a :class:`DSLModel` as a dsl-jax checkpoint."""
+    pure = nnx.to_pure_dict(nnx.state(model))
+    if "llada" in pure:  # a DSLModel
+        params = {"model": pure.pop("llada"), "dsl": pure}
+        meta = make_meta(model.cfg, model.dsl.to_dict())
+    else:
+        params, meta = {"model": pure}, make_meta(model.cfg)
+    save(path, params, meta, overwrite=overwrite)

@@ -203,10 +203,10 @@ PRESETS: dict[str, dict] = {
     "1b": dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=16, mlp_hidden_size=5632,
                vocab_size=126464),
     "small": dict(vocab_size=4096, d_model=512, n_layers=8, n_heads=8, n_kv_heads=8,
-                  mlp_hidden_size=1536, max_sequence_length=1024, mask_token_id=4000,
+                  mlp_hidden_size=1536, max_sequence_length=1024, mask_token_id=2,
                   eos_token_id=1, pad_token_id=1),
     "tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
-                 mlp_hidden_size=192, max_sequence_length=256, mask_token_id=500,
+                 mlp_hidden_size=192, max_sequence_length=256, mask_token_id=2,
                  eos_token_id=1, pad_token_id=1, dtype="float32"),
 }
 

@@ -50,10 +50,10 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return x32.astype(x.dtype) * weight.astype(x.dtype)
 
 
-def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [length, head_dim // 2] in float32 for positions 0..length-1."""
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, head_dim // 2] in float32 for integer positions [B, T]."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    angles = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
     return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -63,7 +63,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(dtype)
 
 
@@ -144,11 +144,14 @@ class LLaDA(nnx.Module):
         return jnp.einsum("...d,dv->...v", h, self.lm_head[...].astype(h.dtype),
                           preferred_element_type=jnp.float32)
 
-    def hidden_states(self, x: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def hidden_states(self, x: jax.Array, attention_mask: jax.Array | None = None,
+                      positions: jax.Array | None = None) -> jax.Array:
         """Run the layers on input embeddings x [B, T, d_model]."""
         cfg = self.cfg
-        T = x.shape[1]
-        cos, sin = rope_tables(T, cfg.head_dim, cfg.rope_theta)
+        B, T = x.shape[:2]
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         mask = None
         if attention_mask is not None:
             mask = attention_mask.astype(jnp.bool_)[:, None, None, :]
@@ -165,10 +168,13 @@ class LLaDA(nnx.Module):
     # -- the forward --------------------------------------------------------------
 
     def __call__(self, ids: jax.Array | None = None, *, inputs_embeds: jax.Array | None = None,
-                 attention_mask: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
+                 attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+                 return_hidden: bool = False) -> jax.Array:
         """Logits [B, T, vocab] (float32), or hidden states with ``return_hidden``.
 
         ``attention_mask`` [B, T] is a key-padding mask: True (or 1) for real tokens.
+        ``positions`` [B, T] are the RoPE positions (default 0..T-1); with left padding,
+        pass ``cumsum(mask) - 1`` so each row's real tokens sit at 0, 1, ...
         """
         require((ids is None) != (inputs_embeds is None),
                 "LLaDA: pass exactly one of ids or inputs_embeds")
@@ -185,7 +191,7 @@ class LLaDA(nnx.Module):
             require(tuple(attention_mask.shape) == tuple(x.shape[:2]),
                     f"LLaDA: attention_mask shape {list(attention_mask.shape)} does not match "
                     f"the input's [batch, length] {list(x.shape[:2])}")
-        h = self.hidden_states(x, attention_mask)
+        h = self.hidden_states(x, attention_mask, positions)
         return h if return_hidden else self.head(h)
 
 

@@ -151,3 +151,16 @@ def test_bad_inputs_raise_one_line_errors(mesh1):
         m(jnp.zeros((1, 4), jnp.float32))
     with pytest.raises(UserError, match="attention_mask shape"):
         m(jnp.zeros((1, 4), jnp.int32), attention_mask=jnp.ones((1, 5), bool))
+
+
+def test_left_padding_with_positions_equals_unpadded(mesh1):
+    cfg = config.preset("tiny")
+    m = model.create(cfg, mesh1)
+    ids = np.random.default_rng(9).integers(3, cfg.vocab_size, (1, 10))
+    alone = np.asarray(m(jnp.asarray(ids, jnp.int32)))
+    padded = np.concatenate([np.full((1, 5), cfg.pad_token_id), ids], axis=1)
+    mask = np.arange(15)[None] >= 5
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    got = np.asarray(m(jnp.asarray(padded, jnp.int32), attention_mask=jnp.asarray(mask),
+                       positions=jnp.asarray(positions)))
+    np.testing.assert_allclose(got[:, 5:], alone, rtol=1e-5, atol=1e-5)

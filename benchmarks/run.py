@@ -1,0 +1,30 @@
+"""``dsl-jax bench NAME``: benchmarks measured side by side in one run.
+
+Each benchmark is a module ``benchmarks/NAME.py`` defining ``add_arguments(parser)`` and
+``run(args) -> int``; it prints a table and, with ``--json FILE``, writes its figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS: dict[str, str] = {
+    "forward": "forward throughput of the jitted Flax model vs the transformers reference (CPU)",
+    "convert": "streaming conversion of a synthetic multi-GB checkpoint: peak memory, throughput",
+    "train": "DSL train-step throughput vs a plain PyTorch DSL step",
+    "sample": "batched jitted DSL-SDE vs a one-prompt-at-a-time PyTorch loop",
+}
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="benchmarks, measured side by side in one run",
+                       description=__doc__)
+    names = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for name, help_text in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+        except ModuleNotFoundError:
+            continue
+        q = names.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(q)
+        q.set_defaults(func=module.run)

@@ -1,0 +1,185 @@
+"""The DSL adaptation's model pieces (DESIGN.md section 3).
+
+- the noise embedding E [V, d]: Gaussian rows, L2-normalised, frozen;
+- the soft-mask converter: converter(z) = W softmax(beta z K^T + b) + c with K = [E; 0],
+  the softmax over V + 1 entries in float32, chunked over tokens and recomputed in
+  the backward pass (never materialised for a whole batch, never stored);
+- the forward noising z = s E[x] + sqrt(s) eps;
+- :class:`DSLModel`: LLaDA + noise embedding + converter, the tree that checkpoints
+  store under ``model`` and ``dsl``.
+
+Parameter layout of the ``dsl`` group (released DSL-LLaDA keys in brackets):
+
+    noise_embed           [vocab, noise]        noise_embed.weight           (frozen)
+    converter.beta        []                    converter.beta
+    converter.logit_bias  [vocab_plus]          converter.logit_bias
+    converter.w           [vocab_plus, embed]   converter.backbone_embedding.weight (transposed)
+    converter.c           [embed]               converter.backbone_embedding.bias
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dsl_jax.config import ModelConfig
+from dsl_jax.errors import require
+from dsl_jax.model import LLaDA
+
+
+class Frozen(nnx.Variable):
+    """A parameter that is never trained (no gradient, no optimizer state)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DSLConfig:
+    noise_dim: int = 100  # d: 100 in the headline "Beta1" model, 48 in other runs
+    noise_seed: int = 0  # seed of the noise embedding's Gaussian rows
+    beta_init: float = 1.0
+    snr_max: float = 100.0
+    converter_chunk: int = 1024  # tokens per chunk of the V+1 softmax
+    # SNR sampler (training)
+    roar_prob: float = 0.1
+    roar_clean_min: float = 80.0
+    roar_clean_max: float = 100.0
+    lognormal_mu: float = 1.69
+    lognormal_sigma: float = 0.9
+    per_sequence_snr: bool = False
+
+    @property
+    def lognormal_clamp(self) -> float:
+        return min(0.4 * self.snr_max, 40.0)
+
+    def __post_init__(self):
+        require(self.noise_dim > 0, f"dsl config: noise_dim must be positive, got {self.noise_dim}")
+        require(self.converter_chunk > 0,
+                f"dsl config: converter_chunk must be positive, got {self.converter_chunk}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "DSLConfig":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        require(not unknown, f"dsl config: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+def noise_embedding(vocab_size: int, dim: int, seed: int) -> np.ndarray:
+    """E [V, d]: standard Gaussian rows (numpy, seeded), each L2-normalised to unit norm."""
+    e = np.random.default_rng(seed).standard_normal((vocab_size, dim), dtype=np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def converter_apply(z: jax.Array, noise_embed: jax.Array, beta: jax.Array, logit_bias: jax.Array,
+                    w: jax.Array, c: jax.Array, chunk: int = 1024,
+                    out_dtype=jnp.float32) -> jax.Array:
+    """converter(z) = W softmax(beta z K^T + b) + c for z [..., d]; returns [..., d_model].
+
+    The softmax over V + 1 = |vocab| + 1 entries (the last is the zero "mask slot")
+    is computed in float32 for ``chunk`` tokens at a time; each chunk is
+    rematerialised in the backward pass instead of being stored.
+    """
+    lead = z.shape[:-1]
+    n = math.prod(lead)
+    d = z.shape[-1]
+    zf = z.reshape(n, d).astype(jnp.float32)
+    chunk = max(1, min(chunk, n))
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    if pad:
+        zf = jnp.concatenate([zf, jnp.zeros((pad, d), zf.dtype)], axis=0)
+    e32 = noise_embed.astype(jnp.float32)
+    b32 = logit_bias.astype(jnp.float32)
+    beta32 = jnp.asarray(beta, jnp.float32)
+
+    @jax.checkpoint
+    def one(zc):
+        scores = beta32 * (zc @ e32.T)  # [chunk, V]; the mask slot's score is beta * 0
+        scores = jnp.concatenate([scores, jnp.zeros((zc.shape[0], 1), jnp.float32)], axis=-1)
+        p = jax.nn.softmax(scores + b32, axis=-1)
+        return jnp.einsum("nv,ve->ne", p.astype(w.dtype), w,
+                          preferred_element_type=jnp.float32) + c.astype(jnp.float32)
+
+    out = jax.lax.map(one, zf.reshape(n_chunks, chunk, d))
+    out = out.reshape(n_chunks * chunk, -1)[:n]
+    return out.reshape(*lead, -1).astype(out_dtype)
+
+
+def add_noise(ids: jax.Array, snr: jax.Array, eps: jax.Array, noise_embed: jax.Array) -> jax.Array:
+    """z_i = s_i E[x_i] + sqrt(s_i) eps_i in float32; ids [B, L], snr [B, L], eps [B, L, d]."""
+    e = jnp.take(noise_embed.astype(jnp.float32), ids, axis=0)
+    s = snr.astype(jnp.float32)[..., None]
+    return s * e + jnp.sqrt(s) * eps.astype(jnp.float32)
+
+
+class Converter(nnx.Module):
+    """The soft-mask converter; initialised from LLaDA's token embedding wte."""
+
+    def __init__(self, wte: jax.Array, mask_token_id: int, beta_init: float = 1.0,
+                 param_dtype: str = "float32"):
+        V, D = wte.shape
+        dt = jnp.dtype(param_dtype)
+        self.beta = nnx.Param(jnp.asarray(beta_init, jnp.float32), axes=())
+        bias = jnp.zeros((V + 1,), jnp.float32).at[V].set(math.log(V))
+        self.logit_bias = nnx.Param(bias, axes=("vocab_plus",))
+        self.w = nnx.Param(jnp.concatenate([wte, wte[mask_token_id][None]], axis=0).astype(dt),
+                           axes=("vocab_plus", "embed"))
+        self.c = nnx.Param(jnp.zeros((D,), dt), axes=("norm",))
+
+    def __call__(self, z: jax.Array, noise_embed: jax.Array, chunk: int = 1024,
+                 beta_scale: float = 1.0, out_dtype=jnp.float32) -> jax.Array:
+        return converter_apply(z, noise_embed, self.beta[...] * beta_scale, self.logit_bias[...],
+                               self.w[...], self.c[...], chunk=chunk, out_dtype=out_dtype)
+
+
+class DSLModel(nnx.Module):
+    """LLaDA with the DSL noise embedding and converter.
+
+    ``model.llada`` is the backbone, ``model.noise_embed`` the frozen E,
+    ``model.converter`` the trainable converter.
+    """
+
+    def __init__(self, cfg: ModelConfig, dsl: DSLConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dsl = dsl
+        self.llada = LLaDA(cfg, rngs=rngs)
+        e = noise_embedding(cfg.vocab_size, dsl.noise_dim, dsl.noise_seed)
+        self.noise_embed = Frozen(jnp.asarray(e), axes=("vocab", "noise"))
+        self.converter = Converter(self.llada.embed[...], cfg.mask_token_id, dsl.beta_init,
+                                   cfg.param_dtype)
+
+    def embed_noisy(self, z: jax.Array, beta_scale: float = 1.0) -> jax.Array:
+        """Backbone input embeddings [B, L, d_model] for noisy states z [B, L, d]."""
+        return self.converter(z, self.noise_embed[...], chunk=self.dsl.converter_chunk,
+                              beta_scale=beta_scale, out_dtype=self.cfg.dtype)
+
+    def __call__(self, z: jax.Array, attention_mask: jax.Array | None = None,
+                 return_hidden: bool = False) -> jax.Array:
+        """Logits [B, L, V] (float32) of LLaDA(inputs_embeds = converter(z))."""
+        return self.llada(inputs_embeds=self.embed_noisy(z), attention_mask=attention_mask,
+                          return_hidden=return_hidden)
+
+
+def build_dsl(cfg: ModelConfig, dsl: DSLConfig, seed: int = 0):
+    return lambda: DSLModel(cfg, dsl, rngs=nnx.Rngs(params=seed))
+
+
+def create_dsl(cfg: ModelConfig, dsl: DSLConfig, mesh=None, seed: int = 0) -> DSLModel:
+    """A DSL model (random LLaDA weights, converter initialised from them) sharded on ``mesh``."""
+    from dsl_jax.sharding import create_sharded, make_mesh
+    return create_sharded(build_dsl(cfg, dsl, seed), mesh if mesh is not None else make_mesh())
+
+
+def dsl_params(model: DSLModel) -> dict:
+    """The ``dsl`` checkpoint group of a DSL model (nested dict of arrays)."""
+    return {"noise_embed": model.noise_embed[...],
+            "converter": nnx.to_pure_dict(nnx.state(model.converter, nnx.Param))}
