@@ -65,7 +65,7 @@ def build_llama(cfg: ModelConfig, tensors: Mapping[str, "np.ndarray | object"], 
         model = transformers.LlamaForCausalLM(hf_cfg)
     state = {}
     for key, value in tensors.items():
-        t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+        t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
         state[llama_name(key)] = t.to(tdtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg)  # real buffers
