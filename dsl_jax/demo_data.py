@@ -1,0 +1,70 @@
+"""A small summarization-style corpus that the package generates deterministically.
+
+Each example is a short "news report" of four to six sentences about an event (who,
+where, what, when, with distractor sentences in between) and a one-sentence summary
+that recombines facts from different sentences. The first words of the source share
+some facts with the summary but not the sentence, so the lead baseline scores well
+above zero and a model that learned the task scores clearly above it.
+"""
+
+from __future__ import annotations
+
+import random
+
+NAMES = ["Anna", "Boris", "Clara", "David", "Elena", "Farid", "Grace", "Hugo", "Irene", "Jonas",
+         "Karin", "Leo", "Maria", "Nils", "Olga", "Pavel", "Rosa", "Simon", "Tara", "Victor"]
+CITIES = ["Lisbon", "Oslo", "Vienna", "Dublin", "Prague", "Madrid", "Berlin", "Warsaw", "Athens",
+          "Geneva", "Milan", "Riga", "Sofia", "Tallinn", "Zagreb", "Lyon"]
+ROLES = ["the mayor", "a teacher", "a farmer", "the coach", "a doctor", "the baker", "a pilot",
+         "the judge", "a singer", "the captain"]
+THINGS = ["a new bridge", "a small library", "a solar farm", "a music school", "a city park",
+          "a bike lane", "a night market", "a science museum", "a clean river", "a train line"]
+VERBS = ["opened", "announced", "visited", "praised", "funded", "planned", "finished", "inspected"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+WEATHER = ["The weather was cold and windy", "It rained for most of the day",
+           "The sun was shining all morning", "A light snow fell in the evening",
+           "The streets were busy with tourists", "Local shops stayed open late"]
+CROWDS = ["Many people came to watch", "Only a few neighbours were there",
+          "Children sang a short song", "A band played in the square",
+          "Reporters asked many questions", "The crowd cheered loudly"]
+
+
+def example(r: random.Random) -> dict:
+    name, city, role = r.choice(NAMES), r.choice(CITIES), r.choice(ROLES)
+    thing, verb, day = r.choice(THINGS), r.choice(VERBS), r.choice(DAYS)
+    other = r.choice([n for n in NAMES if n != name])
+    opening = [f"On {day}, people in {city} gathered near the old square.",
+               f"{city} had a busy {day} this week.",
+               f"It was a {day} like many others in {city}."]
+    core = f"{name}, {role}, {verb} {thing} in the centre of town."
+    extras = [f"{r.choice(WEATHER)}.", f"{r.choice(CROWDS)}.",
+              f"{other} said the plan took two years.",
+              f"{other} thanked everyone who helped."]
+    r.shuffle(extras)
+    sentences = [r.choice(opening), *extras[: r.randint(1, 2)], core, *extras[2: 2 + r.randint(0, 2)]]
+    summary = f"{name} {verb} {thing} in {city} on {day}."
+    return {"document": " ".join(sentences), "summary": summary}
+
+
+def dataset(n: int, seed: int) -> list[dict]:
+    r = random.Random(seed)
+    return [example(r) for _ in range(n)]
+
+
+def train_split(n: int = 4000) -> list[dict]:
+    return dataset(n, seed=1)
+
+
+def test_split(n: int = 64) -> list[dict]:
+    """Held-out examples (a different seed; overlap with training is by chance only)."""
+    train = {e["document"] for e in train_split()}
+    return [e for e in dataset(4 * n, seed=2) if e["document"] not in train][:n]
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text to train the demo tokenizer on: documents, summaries, the prompt wording."""
+    out = []
+    for e in dataset(2000, seed=3):
+        out += [e["document"], e["summary"]]
+    out += ["Summarize the following text in one sentence:", "user", "assistant"]
+    return out
