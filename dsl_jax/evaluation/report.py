@@ -1,0 +1,153 @@
+"""Reports of a sweep: summary CSV/JSON, Markdown tables, PNG plots (matplotlib Agg).
+
+``table.md`` has the paper's layout: one row per sampler and NFE, ROUGE-1/2/L F1
+(percent) per benchmark; a second table gives the output length in words, the
+empty-output rate (percent), the adjacent-word repetition rate (percent) and
+distinct-1/2 (percent). Plots: ROUGE-1 against NFE (one panel per benchmark, one
+line per sampler), repetition against NFE, and the distributions of output lengths
+(one panel per benchmark, one box per sampler and NFE).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import Sequence
+
+SAMPLER_NAMES = {"sde": "DSL-SDE", "ode": "DSL-ODE", "remask": "LLaDA low-conf.",
+                 "random": "LLaDA random", "eos_block": "LLaDA EOS+block"}
+COLUMNS = ("benchmark", "sampler", "nfe", "n", "rouge1", "rouge2", "rougeL", "words",
+           "empty_rate", "repetition", "distinct1", "distinct2")
+
+
+def _cell_paths(out_dir: str, cell) -> tuple[str, str]:
+    d = os.path.join(out_dir, "cells", cell.bench.key, f"{cell.sampler}-nfe{cell.nfe}")
+    return os.path.join(d, "cell.json"), os.path.join(d, "examples.jsonl")
+
+
+def _num(x, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f}"
+
+
+def write_reports(out_dir: str, cells: Sequence, plots: bool = True) -> dict:
+    rows = {}
+    for cell in cells:
+        path, _ = _cell_paths(out_dir, cell)
+        with open(path) as f:
+            rows[cell.name] = json.load(f)["summary"]
+    ordered = [rows[c.name] for c in cells]
+    _write(os.path.join(out_dir, "summary.json"),
+           json.dumps(ordered, indent=2, sort_keys=True) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in ordered:
+        w.writerow(["" if r.get(k) is None else (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
+                    for k in COLUMNS])
+    _write(os.path.join(out_dir, "summary.csv"), buf.getvalue())
+    _write(os.path.join(out_dir, "table.md"), markdown(cells, rows))
+    if plots:
+        plot_all(out_dir, cells, rows)
+    return rows
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _benches(cells) -> list:
+    seen = {}
+    for c in cells:
+        seen.setdefault(c.bench.key, c.bench)
+    return list(seen.values())
+
+
+def _methods(cells) -> list[tuple[str, int]]:
+    return list(dict.fromkeys((c.sampler, c.nfe) for c in cells))
+
+
+def markdown(cells: Sequence, rows: dict) -> str:
+    benches = _benches(cells)
+    methods = _methods(cells)
+    lookup = {(c.bench.key, c.sampler, c.nfe): rows[c.name] for c in cells}
+    lines = ["## ROUGE F1 (%)", ""]
+    head = ["Sampler", "NFE"] + [f"{b.display} {m}" for b in benches for m in ("R-1", "R-2", "R-L")]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for s, n in methods:
+        cells_txt = []
+        for b in benches:
+            r = lookup.get((b.key, s, n))
+            cells_txt += [_num(r and r["rouge1"]), _num(r and r["rouge2"]), _num(r and r["rougeL"])]
+        lines.append("| " + " | ".join([SAMPLER_NAMES.get(s, s), str(n)] + cells_txt) + " |")
+    lines += ["", "## Outputs: length (words), empty (%), adjacent repetition (%), distinct-1/2 (%)", ""]
+    head = ["Benchmark", "Sampler", "NFE", "n", "Words", "Empty", "Repetition", "Distinct-1",
+            "Distinct-2"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 6) + "|"]
+    for b in benches:
+        for s, n in methods:
+            r = lookup.get((b.key, s, n))
+            if r is None:
+                continue
+            lines.append("| " + " | ".join([
+                b.display, SAMPLER_NAMES.get(s, s), str(n), str(r["n"]), _num(r["words"], 1, 1),
+                _num(r["empty_rate"], 100, 1), _num(r["repetition"], 100, 2),
+                _num(r["distinct1"], 100, 1), _num(r["distinct2"], 100, 1)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_all(out_dir: str, cells: Sequence, rows: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = _benches(cells)
+    samplers = list(dict.fromkeys(c.sampler for c in cells))
+    lookup = {(c.bench.key, c.sampler, c.nfe): rows[c.name] for c in cells}
+    k = len(benches)
+
+    for key, ylabel, fname, scale in (("rouge1", "ROUGE-1 F1 (%)", "rouge1_vs_nfe.png", 1.0),
+                                      ("repetition", "adjacent-word repetition (%)",
+                                       "repetition_vs_nfe.png", 100.0)):
+        fig, axes = plt.subplots(1, k, figsize=(4 * k, 3.4), squeeze=False)
+        for ax, b in zip(axes[0], benches):
+            for s in samplers:
+                pts = sorted((c.nfe, lookup[(b.key, s, c.nfe)][key]) for c in cells
+                             if c.bench.key == b.key and c.sampler == s
+                             and lookup[(b.key, s, c.nfe)][key] is not None)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] * scale for p in pts], marker="o",
+                            label=SAMPLER_NAMES.get(s, s))
+            ax.set_xscale("log", base=2)
+            ax.set_title(b.display)
+            ax.set_xlabel("NFE")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, fname), dpi=120)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, k, figsize=(max(5, 1.2 * len(_methods(cells))) * k, 3.8),
+                             squeeze=False)
+    for ax, b in zip(axes[0], benches):
+        data, labels = [], []
+        for c in cells:
+            if c.bench.key != b.key:
+                continue
+            _, ex_path = _cell_paths(out_dir, c)
+            with open(ex_path) as f:
+                data.append([json.loads(line)["words"] for line in f if line.strip()])
+            labels.append(f"{SAMPLER_NAMES.get(c.sampler, c.sampler)}\nNFE {c.nfe}")
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=45, ha="right")
+        ax.set_title(f"{b.display}: output length")
+        ax.set_ylabel("words")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "lengths.png"), dpi=120)
+    plt.close(fig)

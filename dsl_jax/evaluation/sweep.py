@@ -1,0 +1,448 @@
+"""``dsl-jax eval``: zero-shot summarization sweeps (DESIGN.md section 5).
+
+For each benchmark the test split is read from a prepared tensorflow-datasets data
+dir (1,000 examples drawn with seed 42, sources cut to 1,500 words, the benchmark's
+prompt in LLaDA's chat template), and every sampler x NFE cell generates a summary
+per example and scores it (ROUGE-1/2/L, length, empty rate, repetition, distinct-n).
+
+Run directory (``out_dir``):
+
+    sweep.json                        the settings of the sweep
+    cells/BENCH/SAMPLER-nfeN/
+        host00000.jsonl               per-example records as each host writes them
+        examples.jsonl                all examples of the cell in order (lead host)
+        cell.json                     the cell's summary; its presence marks it finished
+    summary.csv, summary.json         one row per cell
+    table.md                          ROUGE per benchmark like the paper's table, and
+                                      length / empty / repetition / distinct-n
+    rouge1_vs_nfe.png, repetition_vs_nfe.png, lengths.png
+    timing.json                       seconds and examples per second of computed cells
+
+Resuming: per-example records are appended a whole batch at a time (one write,
+fsync'd); a torn last line left by a kill is dropped on restart. A restarted sweep
+skips finished cells and, inside a cell, finished examples. Batches are fixed by the
+settings (prompts sorted by length, then cut into batches) and each batch has its own
+noise seed, so a resumed sweep produces exactly what an uninterrupted one does.
+
+Pods: each host (``jax.process_index()``) samples every ``process_count()``-th batch
+on a mesh of its own devices and writes its own file; after each cell the hosts meet
+at a barrier and the lead host merges. The run directory must be shared by the hosts
+(NFS, gcsfuse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from typing import Callable, Sequence
+
+from dsl_jax.errors import UserError, require
+
+SAMPLERS = ("sde", "ode", "remask", "random", "eos_block")
+DSL_SAMPLERS = ("sde", "ode")
+
+# generate(prompts, sampler, nfe, gen_length, seed) -> response token ids per prompt
+GenerateFn = Callable[[Sequence[Sequence[int]], str, int, int, int], list]
+
+
+# ---- command line -----------------------------------------------------------------
+
+def register(sub):
+    p = sub.add_parser(
+        "eval", help="summarization sweeps with ROUGE, length and repetition",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="dsl-jax eval --config configs/eval_summarization.py [--config.KEY=VALUE ...]")
+    from dsl_jax.configlib import add_config_arguments
+    add_config_arguments(p, default="eval_summarization",
+                         example="--config.ckpt=DIR --config.benchmarks=xsum,cnn_dailymail "
+                                 "--config.nfe=8,16,32,64 --config.samplers=sde,remask,eos_block")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dsl_jax.configlib import from_args
+    cfg = from_args(args)
+    settings = Settings.from_config(cfg)
+    run_sweep(settings)
+    return 0
+
+
+# ---- settings ---------------------------------------------------------------------
+
+def _ints(value, name: str) -> list[int]:
+    from dsl_jax.evaluation.benchmarks import parse_list
+    try:
+        out = [int(x) for x in parse_list(value if not isinstance(value, int) else str(value))]
+    except ValueError:
+        raise UserError(f"config {name}: expected comma-separated integers, got {value!r}") from None
+    require(out, f"config {name}: empty list")
+    return out
+
+
+@dataclasses.dataclass
+class Settings:
+    ckpt: str
+    tokenizer: str
+    data_dir: str
+    benchmarks: list[str]
+    samplers: list[str]
+    nfe: list[int]
+    out_dir: str
+    split: str = "test"
+    num_examples: int = 1000
+    max_words: int = 1500
+    data_seed: int = 42
+    seed: int = 0
+    batch_size: int = 16
+    gen_length: int = 0
+    mesh: str = "fsdp=-1"
+    dtype: str = ""
+    generator: str = ""
+    plots: bool = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "Settings":
+        from dsl_jax.evaluation import benchmarks as B
+        from dsl_jax.evaluation.data import default_data_dir
+
+        get = (lambda k, d=None: cfg.get(k, d)) if hasattr(cfg, "get") else (
+            lambda k, d=None: getattr(cfg, k, d))
+        known = {f.name for f in dataclasses.fields(cls)}
+        keys = set(cfg.keys()) if hasattr(cfg, "keys") else set()
+        unknown = keys - known
+        require(not unknown, f"config: unknown key(s) {sorted(unknown)}")
+        benches = B.parse_list(get("benchmarks", ""))
+        require(benches, "config benchmarks: no benchmark given")
+        for name in benches:
+            B.get(name)  # unknown benchmark: one clear line
+        samplers = B.parse_list(get("samplers", ""))
+        require(samplers, "config samplers: no sampler given")
+        for s in samplers:
+            require(s in SAMPLERS, f"unknown sampler {s!r}; choose from {', '.join(SAMPLERS)}")
+        nfe = _ints(get("nfe", ""), "nfe")
+        for n in nfe:
+            require(n >= 2, f"config nfe: each NFE must be at least 2, got {n}")
+        s = cls(
+            ckpt=str(get("ckpt", "") or ""), tokenizer=str(get("tokenizer", "") or ""),
+            data_dir=str(get("data_dir", "") or "") or default_data_dir(),
+            benchmarks=benches, samplers=samplers, nfe=nfe,
+            out_dir=str(get("out_dir", "") or "runs/eval"), split=str(get("split", "test")),
+            num_examples=int(get("num_examples", 1000)), max_words=int(get("max_words", 1500)),
+            data_seed=int(get("data_seed", 42)), seed=int(get("seed", 0)),
+            batch_size=int(get("batch_size", 16)), gen_length=int(get("gen_length", 0)),
+            mesh=str(get("mesh", "fsdp=-1")), dtype=str(get("dtype", "") or ""),
+            generator=str(get("generator", "") or ""), plots=bool(get("plots", True)))
+        require(s.num_examples > 0, f"config num_examples: must be positive, got {s.num_examples}")
+        require(s.max_words > 0, f"config max_words: must be positive, got {s.max_words}")
+        require(s.batch_size > 0, f"config batch_size: must be positive, got {s.batch_size}")
+        require(s.gen_length >= 0, f"config gen_length: must be positive (or 0 for the "
+                f"benchmark's), got {s.gen_length}")
+        return s
+
+    def cell_fingerprint(self, bench_key: str, gen_length: int, example_ids: Sequence[str]) -> dict:
+        """What a cell's results depend on; a finished cell is reused only when it matches."""
+        return {"ckpt": os.path.abspath(self.ckpt) if self.ckpt else "",
+                "generator": self.generator, "benchmark": bench_key, "split": self.split,
+                "num_examples": self.num_examples, "max_words": self.max_words,
+                "data_seed": self.data_seed, "seed": self.seed, "batch_size": self.batch_size,
+                "gen_length": gen_length, "dtype": self.dtype,
+                "examples_crc": zlib.crc32(",".join(example_ids).encode())}
+
+
+# ---- files ------------------------------------------------------------------------
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_records(path: str, records: Sequence[dict]) -> None:
+    """Append records as JSON lines in one write (fsync'd)."""
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: str, repair: bool = False) -> list[dict]:
+    """Complete JSON lines of ``path``; with ``repair`` a torn tail is cut off the file."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    good_end, out, pos = 0, [], 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = data[pos:nl]
+        try:
+            out.append(json.loads(line))
+            good_end = nl + 1
+        except json.JSONDecodeError:
+            break
+        pos = nl + 1
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return out
+
+
+# ---- the sweep --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Cell:
+    bench: object  # Benchmark
+    sampler: str
+    nfe: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.bench.key}/{self.sampler}-nfe{self.nfe}"
+
+
+def cell_dir(out_dir: str, cell: Cell) -> str:
+    return os.path.join(out_dir, "cells", cell.bench.key, f"{cell.sampler}-nfe{cell.nfe}")
+
+
+def batch_seed(seed: int, cell: Cell, first_index: int) -> int:
+    return zlib.crc32(f"{seed}/{cell.bench.key}/{cell.sampler}/{cell.nfe}/{first_index}".encode())
+
+
+def make_batches(prompt_lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Example indices sorted by prompt length (ties by index), cut into batches."""
+    order = sorted(range(len(prompt_lengths)), key=lambda i: (prompt_lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _hosts() -> tuple[int, int]:
+    import jax
+    return jax.process_index(), jax.process_count()
+
+
+def _barrier(name: str) -> None:
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def prepare(settings: Settings):
+    """Everything that can fail on bad input, before any sampling: checkpoint and
+    sampler compatibility, tokenizer, data of every benchmark, prompt lengths.
+    Returns (tokenizer, {bench key: (bench, examples, prompt ids, gen_length)})."""
+    from dsl_jax import checkpoint
+    from dsl_jax.evaluation import benchmarks as B
+    from dsl_jax.evaluation import data as D
+    from dsl_jax.tokenizer import Tokenizer
+
+    max_len = None
+    if settings.ckpt:
+        meta = checkpoint.read_meta(settings.ckpt)
+        needs_dsl = [s for s in settings.samplers if s in DSL_SAMPLERS]
+        require(not needs_dsl or meta.get("dsl") is not None,
+                f"{settings.ckpt}: checkpoint has no DSL parameters (noise embedding and "
+                f"converter), which sampler(s) {', '.join(needs_dsl)} need; use remask/random/"
+                "eos_block or a DSL checkpoint")
+        max_len = checkpoint.model_config(meta).max_sequence_length
+    else:
+        require(settings.generator, "config ckpt: no checkpoint given (--config.ckpt=DIR)")
+    tok_path = settings.tokenizer or (os.path.join(settings.ckpt, "tokenizer.json")
+                                      if settings.ckpt else "")
+    require(tok_path and os.path.exists(tok_path),
+            f"no tokenizer at {tok_path!r}; pass --config.tokenizer=FILE (the LLaDA tokenizer.json)"
+            if tok_path else "config tokenizer: no tokenizer given (--config.tokenizer=FILE)")
+    tok = Tokenizer.from_file(tok_path)
+    loaded = {}
+    for name in settings.benchmarks:
+        bench = B.get(name)
+        if bench.key in loaded:
+            continue
+        gen_length = settings.gen_length or bench.gen_length
+        examples = D.load_examples(bench, settings.data_dir, settings.num_examples,
+                                   settings.max_words, settings.data_seed, settings.split)
+        require(examples, f"{bench.key}: the {settings.split} split has no non-empty example")
+        prompts = [tok.prompt(e.user_message) for e in examples]
+        if max_len is not None:
+            longest = max(len(p) for p in prompts)
+            require(longest + gen_length <= max_len,
+                    f"{bench.key}: the longest prompt has {longest} tokens; with generation length "
+                    f"{gen_length} it exceeds the model's maximum sequence length {max_len} "
+                    "(lower --config.max_words or --config.gen_length)")
+        loaded[bench.key] = (bench, examples, prompts, gen_length)
+    return tok, loaded
+
+
+def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
+              progress: bool = True) -> dict:
+    """Run (or resume) the sweep; returns the summary rows by cell name.
+
+    ``generate_fn`` replaces the model's samplers (tests); by default it is built
+    from ``settings`` only when some cell still has work.
+    """
+    from dsl_jax.evaluation import metrics as M
+    from dsl_jax.evaluation import report
+
+    tok, loaded = prepare(settings)
+    host, n_hosts = _hosts()
+    lead = host == 0
+    os.makedirs(settings.out_dir, exist_ok=True)
+    if lead:
+        write_atomic(os.path.join(settings.out_dir, "sweep.json"),
+                     json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True) + "\n")
+    keys = list(dict.fromkeys(_key(b) for b in settings.benchmarks))
+    cells = [Cell(loaded[k][0], s, n) for k in keys for s in settings.samplers
+             for n in settings.nfe]
+    timing_path = os.path.join(settings.out_dir, "timing.json")
+    timing = {}
+    if lead and os.path.isfile(timing_path):
+        with open(timing_path) as f:
+            timing = json.load(f)
+    generator: list[GenerateFn | None] = [generate_fn]
+
+    def get_generator() -> GenerateFn:
+        if generator[0] is None:
+            from dsl_jax.evaluation.generation import make_generator
+            generator[0] = make_generator(settings, tok)
+        return generator[0]
+
+    for cell in cells:
+        bench, examples, prompts, gen_length = loaded[cell.bench.key]
+        fp = settings.cell_fingerprint(bench.key, gen_length, [e.id for e in examples])
+        cdir = cell_dir(settings.out_dir, cell)
+        os.makedirs(cdir, exist_ok=True)
+        done_file = os.path.join(cdir, "cell.json")
+        if os.path.isfile(done_file):
+            with open(done_file) as f:
+                stored = json.load(f)
+            require(stored.get("fingerprint") == fp,
+                    f"{settings.out_dir}: cell {cell.name} holds results of different settings "
+                    f"({_diff(stored.get('fingerprint', {}), fp)}); use a new --config.out_dir")
+            continue
+        mine = os.path.join(cdir, f"host{host:05d}.jsonl")
+        _check_fingerprint_file(cdir, fp, cell, settings.out_dir, lead)
+        read_records(mine, repair=True)
+        done = set()
+        for fname in sorted(os.listdir(cdir)):
+            if fname.startswith("host") and fname.endswith(".jsonl"):
+                done.update(r["index"] for r in read_records(os.path.join(cdir, fname)))
+        batches = [b for j, b in enumerate(make_batches([len(p) for p in prompts],
+                                                        settings.batch_size)) if j % n_hosts == host]
+        todo = [b for b in batches if any(i not in done for i in b)]
+        share = sum(len(b) for b in batches)
+        t0, computed = time.time(), 0
+        bar = _bar(share, share - sum(sum(i not in done for i in b) for b in todo),
+                   cell.name, progress and lead)
+        for b in todo:
+            ids = get_generator()([prompts[i] for i in b], cell.sampler, cell.nfe, gen_length,
+                                  batch_seed(settings.seed, cell, min(b)))
+            require(len(ids) == len(b), f"generator returned {len(ids)} outputs for {len(b)} prompts")
+            records = []
+            for i, out_ids in zip(b, ids):
+                if i in done:
+                    continue
+                ex = examples[i]
+                output = tok.decode(out_ids)
+                rec = {"benchmark": bench.key, "sampler": cell.sampler, "nfe": cell.nfe,
+                       "index": i, "id": ex.id, "prompt_tokens": len(prompts[i]),
+                       "reference": ex.reference, "output": output}
+                rec.update(M.example_metrics(ex.reference, output))
+                records.append(rec)
+            append_records(mine, records)
+            computed += len(records)
+            bar.update(len(records))
+        bar.close()
+        _barrier(f"dsl-jax-eval-{cell.name}")
+        if lead:
+            summary = merge_cell(cdir, cell, len(examples), fp)
+            if computed:
+                dt = time.time() - t0
+                timing[cell.name] = {"seconds": round(dt, 3), "examples": computed,
+                                     "examples_per_s": round(computed / dt, 4) if dt > 0 else None}
+                write_atomic(timing_path, json.dumps(timing, indent=2, sort_keys=True) + "\n")
+            print(f"{cell.name}: ROUGE-1 {_fmt(summary['rouge1'])} ROUGE-2 {_fmt(summary['rouge2'])}"
+                  f" ROUGE-L {_fmt(summary['rougeL'])} words {_fmt(summary['words'])} "
+                  f"empty {_fmt(summary['empty_rate'])}", file=sys.stderr)
+        _barrier(f"dsl-jax-eval-merged-{cell.name}")
+    rows = {}
+    if lead:
+        rows = report.write_reports(settings.out_dir, cells, plots=settings.plots)
+        print(f"results in {settings.out_dir}: summary.csv, summary.json, table.md"
+              + (", plots" if settings.plots else ""), file=sys.stderr)
+    return rows
+
+
+def _key(name: str) -> str:
+    from dsl_jax.evaluation.benchmarks import get
+    return get(name).key
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:3]) or "unknown"
+
+
+def _check_fingerprint_file(cdir: str, fp: dict, cell: Cell, out_dir: str, lead: bool) -> None:
+    """Partial results of a cell are reused only under the same settings."""
+    path = os.path.join(cdir, "settings.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+        require(stored == fp, f"{out_dir}: cell {cell.name} holds partial results of different "
+                f"settings ({_diff(stored, fp)}); use a new --config.out_dir")
+    elif lead:
+        write_atomic(path, json.dumps(fp, indent=2, sort_keys=True) + "\n")
+
+
+def _bar(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="ex", disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def merge_cell(cdir: str, cell: Cell, n: int, fp: dict) -> dict:
+    """Lead host: all hosts' records of a cell -> examples.jsonl and cell.json."""
+    from dsl_jax.evaluation import metrics as M
+
+    by_index: dict[int, dict] = {}
+    for fname in sorted(os.listdir(cdir)):
+        if fname.startswith("host") and fname.endswith(".jsonl"):
+            for r in read_records(os.path.join(cdir, fname)):
+                by_index.setdefault(r["index"], r)
+    missing = [i for i in range(n) if i not in by_index]
+    require(not missing, f"cell {cell.name}: {len(missing)} example(s) missing after sampling "
+            f"(first: {missing[:5]}); run the sweep again to fill them in")
+    rows = [by_index[i] for i in range(n)]
+    write_atomic(os.path.join(cdir, "examples.jsonl"),
+                 "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    summary = {"benchmark": cell.bench.key, "sampler": cell.sampler, "nfe": cell.nfe,
+               **M.cell_metrics(rows)}
+    write_atomic(os.path.join(cdir, "cell.json"),
+                 json.dumps({"summary": summary, "fingerprint": fp}, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dsl_jax.cli import main as cli_main
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
