@@ -1,0 +1,210 @@
+"""Jitted, batched samplers (DESIGN.md section 4).
+
+``generate(model, prompts, sampler=..., nfe=..., gen_length=...)`` returns, per prompt,
+the ``gen_length`` response token ids (raw: EOS/EoT tails included; the tokenizer's
+``decode`` strips specials). Samplers:
+
+- ``sde``: DSL-SDE, N = nfe // 2 Heun steps on the SNR grid plus one final argmax pass
+  (2 N + 1 forward passes); needs a :class:`dsl_jax.dsl.DSLModel`.
+- ``ode``: the probability-flow ODE variant (ns = 0), same budget.
+- ``remask``: LLaDA low-confidence remasking, one block, steps = nfe, temperature 0.
+- ``random``: LLaDA random remasking, one block, steps = nfe.
+- ``eos_block``: low-confidence remasking with the EOS logit at -inf and blocks of 32;
+  nfe steps split over the blocks, the remainder to the first blocks.
+
+One batch is one jitted computation (the steps are a ``lax.fori_loop``), compiled once
+per (batch rows, prompt-length bucket, sampler, nfe, gen_length, grid). Prompts are
+left-padded with an attention mask and positions ``cumsum(mask) - 1``; every row has its
+own key, so a prompt's tokens do not depend on the rest of its batch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dsl_jax.errors import require
+from dsl_jax.sampling import batch as batching
+from dsl_jax.sampling import schedules
+from dsl_jax.sampling.remask import remask_sample
+from dsl_jax.sampling.sde import sde_sample, x_hat_from_logits
+
+SAMPLERS = ("sde", "ode", "remask", "random", "eos_block")
+DSL_SAMPLERS = ("sde", "ode")
+BETA_INFER_SCALE = 2.0  # beta_infer = 2 * beta
+
+_JIT_CACHE: dict = {}
+
+__all__ = ["generate", "load_model", "SAMPLERS", "DSL_SAMPLERS", "forward_passes"]
+
+forward_passes = schedules.forward_passes
+
+
+def load_model(ckpt: str, need_dsl: bool, mesh=None, **run):
+    """A :class:`DSLModel` when the checkpoint has DSL parameters, else a :class:`LLaDA`;
+    a clear error when ``need_dsl`` and the checkpoint has none."""
+    from dsl_jax import checkpoint
+    if checkpoint.has_dsl(ckpt):
+        return checkpoint.load_dsl(ckpt, mesh=mesh, **run)
+    require(not need_dsl,
+            f"{ckpt}: checkpoint has no DSL parameters (noise embedding and converter), which "
+            "the sde/ode samplers need; use remask/random/eos_block or a DSL checkpoint")
+    return checkpoint.load(ckpt, mesh=mesh, **run)
+
+
+def _is_dsl(model) -> bool:
+    from dsl_jax.dsl import DSLModel
+    return isinstance(model, DSLModel)
+
+
+def _build(graphdef, cfg, sampler: str, nfe: int, gen_length: int, snr_grid: str,
+           temperature: float):
+    """The pure (state, prompt_ids, mask, positions, keys) -> tokens function of one run."""
+    G = gen_length
+
+    def fn(state, prompt_ids, mask, positions, keys):
+        model = nnx.merge(graphdef, state)
+        P = prompt_ids.shape[1]
+        if sampler in DSL_SAMPLERS:
+            llada = model.llada
+            prompt_emb = llada.embed_ids(prompt_ids)
+            E = model.noise_embed[...]
+
+            def logits_of_z(z):
+                h = model.embed_noisy(z, beta_scale=BETA_INFER_SCALE).astype(prompt_emb.dtype)
+                x = jnp.concatenate([prompt_emb, h], axis=1)
+                hid = llada(inputs_embeds=x, attention_mask=mask, positions=positions,
+                            return_hidden=True)
+                return llada.head(hid[:, P:])
+
+            def x_hat_fn(y, s):
+                return x_hat_from_logits(logits_of_z(s * y), E)
+
+            n = schedules.heun_steps(nfe)
+            grid = schedules.snr_grid(snr_grid, n)
+            ns = schedules.noise_scale(nfe)
+            return sde_sample(x_hat_fn, logits_of_z, keys, grid.astype(np.float32), ns, G,
+                              E.shape[1], ode=sampler == "ode")
+
+        llada = model
+
+        def logits_fn(x):
+            ids = jnp.concatenate([prompt_ids, x], axis=1)
+            hid = llada(ids, attention_mask=mask, positions=positions, return_hidden=True)
+            return llada.head(hid[:, P:])
+
+        eos_block = sampler == "eos_block"
+        counts, ends = schedules.block_plan(
+            G, nfe, schedules.EOS_BLOCK_LENGTH if eos_block else None)
+        return remask_sample(logits_fn, keys, counts, ends, G, cfg.mask_token_id,
+                             "random" if sampler == "random" else "low_confidence",
+                             temperature, cfg.eos_token_id if eos_block else None)
+
+    return fn
+
+
+def _jitted(graphdef, cfg, state, mesh, sampler, nfe, gen_length, snr_grid, temperature):
+    from dsl_jax.sharding import batch_sharding
+    key = (graphdef, sampler, nfe, gen_length, snr_grid, float(temperature), mesh)
+    if key not in _JIT_CACHE:
+        fn = _build(graphdef, cfg, sampler, nfe, gen_length, snr_grid, temperature)
+        state_sh = jax.tree.map(lambda a: a.sharding, state)
+        b2, b1 = batch_sharding(mesh, 2), batch_sharding(mesh, 2)
+        _JIT_CACHE[key] = jax.jit(fn, in_shardings=(state_sh, b2, b2, b2, b1),
+                                  out_shardings=b2)
+    return _JIT_CACHE[key]
+
+
+def _model_mesh(state):
+    leaf = jax.tree.leaves(state)[0]
+    return getattr(leaf.sharding, "mesh", None)
+
+
+def check_request(model, prompts, sampler, nfe, gen_length, seeds=None) -> None:
+    """Every bad-input check of :func:`generate`, each with one clear line."""
+    require(sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    schedules.check_nfe(nfe)
+    require(isinstance(gen_length, (int, np.integer)) and gen_length > 0,
+            f"gen_length must be a positive integer, got {gen_length!r}")
+    if sampler in DSL_SAMPLERS:
+        require(_is_dsl(model),
+                f"sampler {sampler!r} needs a model with DSL parameters (noise embedding and "
+                "converter); this model has none: use remask/random/eos_block or a DSL checkpoint")
+    if sampler == "eos_block":
+        schedules.block_plan(gen_length, nfe, schedules.EOS_BLOCK_LENGTH)
+    cfg = model.cfg
+    require(isinstance(prompts, (list, tuple)), "prompts must be a list of token-id lists")
+    for i, p in enumerate(prompts):
+        arr = np.asarray(p)
+        require(arr.ndim == 1 and (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)),
+                f"prompt {i}: expected a list of token ids")
+        if arr.size:
+            require(arr.min() >= 0 and arr.max() < cfg.vocab_size,
+                    f"prompt {i}: token id {int(arr.max() if arr.max() >= cfg.vocab_size else arr.min())}"
+                    f" is out of range for vocabulary size {cfg.vocab_size}")
+        require(len(p) + gen_length <= cfg.max_sequence_length,
+                f"prompt {i}: {len(p)} prompt tokens + gen_length {gen_length} exceed the "
+                f"model's maximum sequence length {cfg.max_sequence_length}")
+    if seeds is not None:
+        require(len(seeds) == len(prompts),
+                f"seeds: got {len(seeds)} seeds for {len(prompts)} prompts")
+
+
+def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
+             gen_length: int, seed: int = 0, seeds: Sequence[int] | None = None,
+             batch_size: int | None = None, mesh=None, snr_grid: str = "sensitive",
+             progress: bool = False, temperature: float = 0.0,
+             bucket: int = batching.BUCKET) -> list[list[int]]:
+    """Response token ids (``gen_length`` per prompt) for chat-templated ``prompts``.
+
+    ``model``: a DSLModel (``sde``/``ode``), a LLaDA or a DSLModel (its ``.llada`` is used)
+    for ``remask``/``random``/``eos_block``. ``nfe``: forward passes (sde/ode make
+    2 (nfe // 2) + 1). Prompt i's randomness comes from ``seeds[i]`` if given, else from
+    (``seed``, i). ``batch_size`` defaults to all prompts; the last batch is filled with
+    dummy rows, and rows are padded up to a multiple of the mesh's data-parallel size.
+    ``temperature`` (remasking only): 0 is argmax, > 0 Gumbel-max sampling.
+    """
+    check_request(model, prompts, sampler, nfe, gen_length, seeds)
+    require(snr_grid in schedules.SNR_GRIDS,
+            f"snr_grid must be one of {schedules.SNR_GRIDS}, got {snr_grid!r}")
+    require(temperature >= 0, f"temperature must be >= 0, got {temperature}")
+    if not prompts:
+        return []
+    if sampler not in DSL_SAMPLERS and _is_dsl(model):
+        model = model.llada
+    cfg = model.cfg
+    graphdef, state = nnx.split(model)
+    if mesh is None:
+        mesh = _model_mesh(state)
+        if mesh is None:
+            from dsl_jax.sharding import make_mesh
+            mesh = make_mesh()
+    elif _model_mesh(state) != mesh:  # move the parameters onto the requested mesh
+        from dsl_jax.sharding import state_shardings
+        state = jax.device_put(state, state_shardings(state, mesh))
+    n = len(prompts)
+    batch_size = n if batch_size is None else int(batch_size)
+    require(batch_size > 0, f"batch_size must be positive, got {batch_size}")
+    dp = batching.batch_devices(mesh)
+    rows = -(-batch_size // dp) * dp
+    fn = _jitted(graphdef, cfg, state, mesh, sampler, nfe, gen_length, snr_grid, temperature)
+    keys = [batching.row_key(seed, i, seeds) for i in range(n)]
+    chunks = [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc=f"{sampler} nfe={nfe}", unit="batch")
+    limit = cfg.max_sequence_length - gen_length
+    out: list[list[int]] = []
+    for chunk in chunks:
+        ps = [list(prompts[i]) for i in chunk]
+        P = batching.bucket_length(max(len(p) for p in ps), bucket, limit)
+        b = batching.make_batch(ps, [keys[i] for i in chunk], gen_length, cfg.pad_token_id,
+                                rows, P)
+        with jax.set_mesh(mesh):
+            tokens = fn(state, *batching.shard_batch(b, mesh))
+        out.extend(np.asarray(tokens)[: b.n_real].tolist())
+    return out

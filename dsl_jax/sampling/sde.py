@@ -1,0 +1,93 @@
+"""DSL-SDE with Heun steps, and its probability-flow ODE variant (DESIGN.md section 4).
+
+State y = z / s per response position (d = noise_dim dims), float32. With
+x_hat(y, s) the model's posterior mean of the noise embedding,
+
+    f(y, s) = (x_hat(y, s) - y) / s,   g(s) = ns / s          (SDE)
+    f(y, s) = (x_hat(y, s) - y) / (2 s), g = 0                (ODE)
+
+and one Heun step from s to s' with dW = sqrt(|s' - s|) xi:
+
+    y~ = y + f(y, s) (s' - s) + g(s) dW
+    y' = y + (f(y, s) + f(y~, s')) / 2 (s' - s) + (g(s) + g(s')) / 2 dW   (the same dW).
+
+x_hat is any function (y, s) -> [B, G, d]; :func:`x_hat_from_logits` turns logits into the
+top-k posterior mean. Everything here is pure JAX: the loop is one ``lax.fori_loop``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+TOP_K = 512
+
+
+def x_hat_from_logits(logits: jax.Array, noise_embed: jax.Array, top_k: int = TOP_K) -> jax.Array:
+    """sum_k p_k E[k] over the top-k probabilities of softmax(logits), renormalised.
+
+    logits [..., V] (float32), noise_embed E [V, d] -> [..., d] float32.
+    """
+    logits = logits.astype(jnp.float32)
+    k = min(top_k, logits.shape[-1])
+    top, idx = jax.lax.top_k(logits, k)
+    p = jax.nn.softmax(top, axis=-1)  # softmax over the kept entries = renormalised top-k
+    e = jnp.take(noise_embed.astype(jnp.float32), idx, axis=0)  # [..., k, d]
+    return jnp.einsum("...k,...kd->...d", p, e)
+
+
+def drift(x_hat: jax.Array, y: jax.Array, s, ode: bool) -> jax.Array:
+    f = (x_hat - y) / s
+    return f / 2 if ode else f
+
+
+def heun_step(x_hat_fn: Callable, y: jax.Array, s, s_next, xi: jax.Array, ns: float,
+              ode: bool = False) -> jax.Array:
+    """One Heun step of y from SNR s to s_next; xi ~ N(0, I) like y (ignored for the ODE)."""
+    ds = s_next - s
+    f = drift(x_hat_fn(y, s), y, s, ode)
+    if ode:
+        y_tilde = y + f * ds
+        f2 = drift(x_hat_fn(y_tilde, s_next), y_tilde, s_next, ode)
+        return y + 0.5 * (f + f2) * ds
+    dw = jnp.sqrt(jnp.abs(ds)) * xi
+    g, g2 = ns / s, ns / s_next
+    y_tilde = y + f * ds + g * dw
+    f2 = drift(x_hat_fn(y_tilde, s_next), y_tilde, s_next, ode)
+    return y + 0.5 * (f + f2) * ds + 0.5 * (g + g2) * dw
+
+
+def unit_start(keys: jax.Array, gen_length: int, dim: int) -> jax.Array:
+    """y_0: one random unit vector per response position; keys [B] typed or [B, 2] raw."""
+    def one(k):
+        v = jax.random.normal(jax.random.fold_in(k, 0), (gen_length, dim), jnp.float32)
+        return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+    return jax.vmap(one)(keys)
+
+
+def step_noise(keys: jax.Array, step, gen_length: int, dim: int) -> jax.Array:
+    """xi for Heun step ``step`` (0-based), per row from that row's own key."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step + 1),
+                                                (gen_length, dim), jnp.float32))(keys)
+
+
+def sde_sample(x_hat_fn: Callable, final_logits_fn: Callable, keys: jax.Array, grid: jax.Array,
+               ns: float, gen_length: int, dim: int, ode: bool = False) -> jax.Array:
+    """Run the whole DSL sampler; returns the argmax tokens [B, gen_length] int32.
+
+    ``x_hat_fn(y, s)`` -> [B, G, d]; ``final_logits_fn(z)`` -> [B, G, V] for z = s_N y;
+    ``grid`` [N + 1] float32 SNRs; ``keys`` one PRNG key per row.
+    """
+    grid = jnp.asarray(grid, jnp.float32)
+    n = grid.shape[0] - 1
+    y = unit_start(keys, gen_length, dim)
+
+    def body(i, y):
+        xi = step_noise(keys, i, gen_length, dim) if not ode else jnp.zeros_like(y)
+        return heun_step(x_hat_fn, y, grid[i], grid[i + 1], xi, ns, ode)
+
+    y = jax.lax.fori_loop(0, n, body, y)
+    logits = final_logits_fn(grid[n] * y)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
