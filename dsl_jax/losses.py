@@ -1,0 +1,175 @@
+"""The DSL adaptation loss, its SNR sampler, and the masked-diffusion control loss
+(DESIGN.md section 3).
+
+- :func:`sample_snr`: per-token SNRs. With probability ``roar_prob`` per sequence
+  ("ROAR") k ~ U{0..L-1} random positions are clean with s ~ U[80, 100] and the rest
+  have s ~ U[0, 1); otherwise every token draws s ~ LogNormal(mu, sigma) clamped at
+  min(0.4 s_max, 40) (one draw per sequence with ``per_sequence_snr``).
+- :func:`dsl_loss`: z = s E[x] + sqrt(s) eps, h = converter(z), mean cross-entropy
+  over all B*L positions of LLaDA(inputs_embeds = h) against x, logits in float32.
+- :func:`mdm_loss`: t ~ U(0, 1) per sequence, p = (1 - eps) t + eps, each token
+  replaced by the mask id with probability p, loss = sum over masked tokens of
+  CE / p, divided by B*L.
+
+Memory: the converter's float32 softmax over V + 1 entries and the LM head's
+float32 logits are both computed ``chunk`` sequence positions at a time (all rows
+of the batch together, so the batch sharding is kept) and recomputed in the
+backward pass instead of being stored.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dsl_jax.dsl import DSLConfig, add_noise, converter_apply
+
+MDM_EPS = 1e-3
+
+
+# ---- SNR sampler -----------------------------------------------------------------
+
+def sample_snr(rng: jax.Array, shape: tuple[int, int], dsl: DSLConfig) -> jax.Array:
+    """Per-token SNRs [B, L] (float32) for training (ROAR mixture + clamped LogNormal)."""
+    B, L = shape
+    k_roar, k_count, k_order, k_clean, k_dirty, k_ln = jax.random.split(rng, 6)
+    roar = jax.random.uniform(k_roar, (B, 1)) < dsl.roar_prob
+    # ROAR: k ~ U{0..L-1} clean positions chosen uniformly without replacement
+    # (the positions of the k smallest of L iid uniforms).
+    k = jax.random.randint(k_count, (B, 1), 0, L)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_order, (B, L)), axis=-1), axis=-1)
+    clean = rank < k
+    s_clean = jax.random.uniform(k_clean, (B, L), minval=dsl.roar_clean_min,
+                                 maxval=dsl.roar_clean_max)
+    s_dirty = jax.random.uniform(k_dirty, (B, L))
+    s_roar = jnp.where(clean, s_clean, s_dirty)
+    ln_shape = (B, 1) if dsl.per_sequence_snr else (B, L)
+    s_ln = jnp.exp(dsl.lognormal_mu + dsl.lognormal_sigma * jax.random.normal(k_ln, ln_shape))
+    s_ln = jnp.broadcast_to(jnp.minimum(s_ln, dsl.lognormal_clamp), (B, L))
+    return jnp.where(roar, s_roar, s_ln).astype(jnp.float32)
+
+
+# ---- chunked pieces ----------------------------------------------------------------
+
+def _seq_chunks(x: jax.Array, chunk: int) -> tuple[jax.Array, int]:
+    """[B, L, ...] -> [n, B, c, ...] (zero-padded to n*c positions), and c."""
+    B, L = x.shape[:2]
+    c = max(1, min(chunk, L))
+    n = -(-L // c)
+    if n * c != L:
+        pad = [(0, 0), (0, n * c - L)] + [(0, 0)] * (x.ndim - 2)
+        x = jnp.pad(x, pad)
+    x = x.reshape(B, n, c, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1), c
+
+
+def _unchunk(y: jax.Array, L: int) -> jax.Array:
+    """[n, B, c, ...] -> [B, L, ...]."""
+    y = jnp.swapaxes(y, 0, 1)
+    B, n, c = y.shape[:3]
+    return y.reshape(B, n * c, *y.shape[3:])[:, :L]
+
+
+def embed_noisy(model, z: jax.Array, chunk: int | None = None,
+                beta_scale: float = 1.0) -> jax.Array:
+    """converter(z) for z [B, L, d] -> backbone inputs [B, L, d_model] in the compute dtype,
+    ``chunk`` sequence positions (times the whole batch) at a time, recomputed in the
+    backward pass (:func:`dsl_jax.dsl.converter_apply` on each chunk)."""
+    chunk = chunk or model.dsl.converter_chunk
+    conv = model.converter
+    e, beta = model.noise_embed[...], conv.beta[...] * beta_scale
+    b, w, c = conv.logit_bias[...], conv.w[...], conv.c[...]
+    out_dtype = model.cfg.dtype
+    L = z.shape[1]
+    zc, size = _seq_chunks(z, chunk)
+
+    def one(zz):  # [B, c, d]; one chunk of B*c tokens, rematerialised by converter_apply
+        return converter_apply(zz, e, beta, b, w, c, chunk=zz.shape[0] * size,
+                               out_dtype=out_dtype)
+
+    return _unchunk(jax.lax.map(one, zc), L)
+
+
+def token_nll(llada, hidden: jax.Array, targets: jax.Array,
+              chunk: int = 1024) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross-entropy [B, L] (float32) and argmax-correct [B, L] of the LM head
+    on ``hidden`` [B, L, d_model]; float32 logits exist only ``chunk`` positions (times
+    the batch) at a time and are recomputed in the backward pass."""
+    L = hidden.shape[1]
+    hc, _ = _seq_chunks(hidden, chunk)
+    tc, _ = _seq_chunks(targets, chunk)
+
+    @jax.checkpoint
+    def one(args):
+        h, t = args
+        logits = llada.head(h)  # [B, c, V] float32
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+        return lse - tgt, jnp.argmax(logits, axis=-1) == t
+
+    nll, correct = jax.lax.map(one, (hc, tc))
+    return _unchunk(nll, L), _unchunk(correct, L)
+
+
+# ---- the objectives ----------------------------------------------------------------
+
+def dsl_loss_from_noisy(model, z: jax.Array, ids: jax.Array, chunk: int = 1024,
+                        weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Mean CE of LLaDA(inputs_embeds = converter(z)) against ``ids`` (all positions, or
+    weighted by ``weights`` [B, L]); returns (loss, {"loss", "accuracy"})."""
+    h = embed_noisy(model, z, chunk)
+    hidden = model.llada.hidden_states(h)
+    nll, correct = token_nll(model.llada, hidden, ids, chunk)
+    if weights is None:
+        weights = jnp.ones(ids.shape, jnp.float32)
+    denom = jnp.maximum(jnp.sum(weights), 1.0)
+    loss = jnp.sum(nll * weights) / denom
+    acc = jnp.sum(correct * weights) / denom
+    return loss, {"loss": loss, "accuracy": acc}
+
+
+def dsl_loss(model, ids: jax.Array, rng: jax.Array, chunk: int | None = None,
+             snr: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """The DSL training loss on clean ids [B, L]: SNRs from :func:`sample_snr` (or the
+    given ``snr`` [B, L]), noise eps ~ N(0, I_d), z = s E[x] + sqrt(s) eps."""
+    dsl = model.dsl
+    chunk = chunk or dsl.converter_chunk
+    k_snr, k_eps = jax.random.split(rng)
+    if snr is None:
+        snr = sample_snr(k_snr, ids.shape, dsl)
+    eps = jax.random.normal(k_eps, (*ids.shape, dsl.noise_dim), jnp.float32)
+    z = add_noise(ids, snr, eps, model.noise_embed[...])
+    loss, metrics = dsl_loss_from_noisy(model, z, ids, chunk)
+    metrics["beta"] = model.converter.beta[...].astype(jnp.float32)
+    metrics["snr_mean"] = jnp.mean(snr)
+    return loss, metrics
+
+
+def mdm_draw(rng: jax.Array, shape: tuple[int, int], eps: float = MDM_EPS):
+    """(masked [B, L] bool, p [B, 1]) of the masked-diffusion forward process."""
+    B, L = shape
+    k_t, k_m = jax.random.split(rng)
+    t = jax.random.uniform(k_t, (B, 1))
+    p = (1.0 - eps) * t + eps
+    masked = jax.random.uniform(k_m, (B, L)) < p
+    return masked, p
+
+
+def mdm_objective(nll: jax.Array, masked: jax.Array, p: jax.Array) -> jax.Array:
+    """sum over masked tokens of CE / p, divided by B*L (nll [B, L], p [B, 1])."""
+    return jnp.sum(jnp.where(masked, nll / p, 0.0)) / nll.size
+
+
+def mdm_loss(llada, ids: jax.Array, rng: jax.Array, mask_id: int | None = None,
+             chunk: int = 1024, eps: float = MDM_EPS) -> tuple[jax.Array, dict]:
+    """The masked-diffusion control loss of a plain LLaDA on clean ids [B, L]."""
+    mask_id = llada.cfg.mask_token_id if mask_id is None else mask_id
+    masked, p = mdm_draw(rng, ids.shape, eps)
+    x = jnp.where(masked, mask_id, ids)
+    hidden = llada.hidden_states(llada.embed_ids(x))
+    nll, correct = token_nll(llada, hidden, ids, chunk)
+    loss = mdm_objective(nll, masked, p)
+    n_masked = jnp.maximum(jnp.sum(masked), 1)
+    return loss, {"loss": loss,
+                  "accuracy": jnp.sum(correct & masked) / n_masked,
+                  "masked_fraction": jnp.mean(masked.astype(jnp.float32))}

@@ -1,0 +1,61 @@
+"""DSL adaptation training and the masked-diffusion control (DESIGN.md section 3).
+
+- :mod:`dsl_jax.train.state`: trainable/frozen split, AdamW, the TrainState;
+- :mod:`dsl_jax.train.step`: the pure jitted train step, ``build_train_step``;
+- :mod:`dsl_jax.train.data`: tokenised, packed text per host, resumable;
+- :mod:`dsl_jax.train.loop`: ``dsl-jax train`` (checkpoints, resume, metrics).
+
+:func:`default_config` is the one list of run settings; ``configs/*.py`` start from it.
+"""
+
+from __future__ import annotations
+
+
+def default_config():
+    """Every field a training run config has (the 8B DSL recipe's values)."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.objective = "dsl"  # "dsl" (DSL adaptation) or "mdm" (masked-diffusion control)
+    c.model = ""  # preset name or config.json; empty: init_ckpt's model
+    c.init_ckpt = ""  # dsl-jax checkpoint (dsl-jax convert / a previous run); empty: random init
+    c.dtype = "bfloat16"  # compute dtype; parameters and optimizer state are float32
+    c.remat = "full"  # rematerialisation of one scanned layer: none, full, dots, dots_no_batch
+    c.seed = 0  # parameter init (random init only) and the training noise
+    c.steps = 1000
+    c.global_batch = 64  # sequences per optimizer step (all hosts)
+    c.micro_batches = 1  # gradient accumulation: the global batch is split into this many
+    c.seq_len = 4096
+    c.mesh = "fsdp=-1"  # mesh over all devices: data, fsdp, tensor sizes; -1: the rest
+    c.loss_chunk = 0  # sequence positions per chunk of the V+1 softmax / logits; 0: dsl.converter_chunk
+
+    c.dsl = ml_collections.ConfigDict(dict(
+        noise_dim=100, noise_seed=0, beta_init=1.0, snr_max=100.0, converter_chunk=1024,
+        roar_prob=0.1, roar_clean_min=80.0, roar_clean_max=100.0,
+        lognormal_mu=1.69, lognormal_sigma=0.9, per_sequence_snr=False))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=2e-5, warmup_steps=100, weight_decay=0.1, clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8))
+
+    c.data = ml_collections.ConfigDict(dict(
+        source="tfds",  # "tfds" (a prepared tensorflow-datasets dir) or "files" (.txt / .jsonl)
+        name="",  # TFDS name, e.g. "c4/en" or "fineweb_edu" (with an optional ":1.0.0")
+        split="train",
+        data_dir="",  # TFDS data dir, local or gs://; empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
+        files="",  # comma-separated .txt / .jsonl paths or globs (source=files)
+        text_field="text",  # the text feature (TFDS) or JSON key (jsonl)
+        tokenizer="",  # LLaDA tokenizer.json; empty: INIT_CKPT/tokenizer.json
+        pack=True,  # pack documents into seq_len blocks with EOS between them;
+                    # False: one document per row, EOS-padded (SFT-style rows)
+        shuffle=True,  # files: shuffle the documents each epoch (seeded); TFDS: file order
+        seed=0,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(
+        every=100,  # steps between held-out evaluations; 0: never
+        blocks=8,  # held-out blocks per host (taken from the start of the stream, never trained on)
+        snrs="1,5,10,20,50",
+    ))
+    c.out_dir = "runs/train"
+    c.save_every = 100
+    c.keep = 3  # checkpoints kept
+    c.log_every = 10
+    return c
