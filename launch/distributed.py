@@ -1,0 +1,87 @@
+"""Multi-host start for TPU pod slices, and lead-host helpers.
+
+On a multi-host TPU VM slice every worker runs the same command (``dsl-jax launch``
+does it); each process must call :func:`jax.distributed.initialize` before touching
+devices so that ``jax.devices()`` spans the whole slice. :func:`maybe_initialize`
+does that when it detects a pod slice and nothing otherwise, so the same entry
+point runs on a laptop, one TPU VM and a pod.
+
+Detection, first match wins:
+
+1. ``DSL_JAX_DISTRIBUTED`` = ``1``/``true``/``yes`` forces the start (``dsl-jax launch``
+   sets it on every worker); ``0``/``false``/``no`` disables it.
+2. A multi-host environment: ``TPU_WORKER_HOSTNAMES`` naming more than one host,
+   ``MEGASCALE_COORDINATOR_ADDRESS`` (multi-slice), or ``JAX_COORDINATOR_ADDRESS``
+   (explicit coordinator; JAX reads ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` itself).
+3. Otherwise: single process, nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+ENV_FLAG = "DSL_JAX_DISTRIBUTED"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+_started = False
+
+
+def should_initialize(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs on a multi-host slice and must start ``jax.distributed``."""
+    from dsl_jax.errors import UserError
+
+    env = os.environ if environ is None else environ
+    flag = env.get(ENV_FLAG)
+    if flag is not None:
+        value = flag.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise UserError(f"{ENV_FLAG}={flag!r}: expected 1 or 0")
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if len(hosts) > 1:
+        return True
+    return bool(env.get("MEGASCALE_COORDINATOR_ADDRESS") or env.get("JAX_COORDINATOR_ADDRESS"))
+
+
+def maybe_initialize(environ: Mapping[str, str] | None = None, **kwargs) -> bool:
+    """Call ``jax.distributed.initialize(**kwargs)`` once when on a multi-host slice.
+
+    Returns True when the distributed runtime is (now) started, False when this is a
+    single-process run and nothing was done. Call it first thing in a command, before
+    any JAX computation or ``jax.devices()``.
+    """
+    global _started
+    if _started:
+        return True
+    if not should_initialize(environ):
+        return False
+    import jax
+
+    jax.distributed.initialize(**kwargs)
+    _started = True
+    return True
+
+
+def process_index() -> int:
+    import jax
+    return jax.process_index()
+
+
+def process_count() -> int:
+    import jax
+    return jax.process_count()
+
+
+def is_lead() -> bool:
+    """True on the lead host (process 0): the one that writes logs, metrics and prints."""
+    return process_index() == 0
+
+
+def lead_print(*args, **kwargs) -> None:
+    """``print`` on the lead host only."""
+    if is_lead():
+        print(*args, **kwargs)
