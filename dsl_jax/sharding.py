@@ -175,8 +175,8 @@ def abstract_with_shardings(build, mesh):
 
     def to_sds(v, s):
         value = v.get_value() if hasattr(v, "get_value") else v[...]
-        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=s[...]
-                                              if _is_var(s) else s))
+        sh = s.get_value() if _is_var(s) else s
+        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sh))
 
     return graphdef, jax.tree.map(to_sds, abstract_state, shardings, is_leaf=_is_var)
 
