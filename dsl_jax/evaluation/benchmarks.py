@@ -21,7 +21,8 @@ class Benchmark:
     prompt: str  # format string with one {text} field: the user message
     gen_length: int  # response positions generated
     display: str  # column title in reports
-    version: str | None = None  # TFDS version; None: the installed code's, else newest prepared
+    version: str | None = None  # TFDS version pinned by the user ("xsum:1.1.0"); else see below
+    preferred_version: str | None = None  # DESIGN.md's version, used when prepared; else the newest
 
     def build_prompt(self, source: str) -> str:
         return self.prompt.format(text=source)
@@ -31,7 +32,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in (
     Benchmark("xsum", "xsum", "document", "summary",
               "Summarize the following text in one sentence:\n\n{text}", 128, "XSum"),
     Benchmark("cnn_dailymail", "cnn_dailymail", "article", "highlights",
-              "Summarize the following news article in 2-3 sentences:\n\n{text}", 256, "CNN/DM"),
+              "Summarize the following news article in 2-3 sentences:\n\n{text}", 256, "CNN/DM",
+              preferred_version="3.0.0"),
     Benchmark("pubmed", "scientific_papers/pubmed", "article", "abstract",
               "Summarize the following scientific paper in a concise abstract:\n\n{text}", 256,
               "PubMed"),

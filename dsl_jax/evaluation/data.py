@@ -94,7 +94,8 @@ def open_builder(bench: Benchmark, data_dir: str, split: str = "test"):
     versions = prepared_versions(data_dir, bench.tfds_name)
     require(versions, f"{bench.key}: no prepared TFDS dataset {bench.tfds_name} in {data_dir}; "
             + _prepare_hint(bench, data_dir))
-    version = bench.version or versions[-1]
+    version = bench.version or (bench.preferred_version if bench.preferred_version in versions
+                                else versions[-1])
     require(version in versions,
             f"{bench.key}: version {version} of {bench.tfds_name} is not prepared in {data_dir} "
             f"(found {', '.join(versions)})")
@@ -144,6 +145,8 @@ def load_examples(bench: Benchmark, data_dir: str | None = None, n: int = DEFAUL
                             bench.summary_field: ex[bench.summary_field]})
     heap: list[tuple[int, int, str, str]] = []  # (-rank, index, source, reference): the n best
     for i, ex in enumerate(tfds.as_numpy(ds)):
+        require(i < num, f"{bench.key}: the {split} split holds more examples than its "
+                f"dataset_info.json says ({num}); prepare the data dir again")
         source, reference = _text(ex[bench.source_field]), _text(ex[bench.summary_field])
         if not source.strip() or not reference.strip():
             continue

@@ -40,15 +40,12 @@ import os
 import sys
 import time
 import zlib
-from typing import Callable, Sequence
+from typing import Sequence
 
 from dsl_jax.errors import UserError, require
+from dsl_jax.evaluation.generation import DSL_SAMPLERS, GenerateFn
 
 SAMPLERS = ("sde", "ode", "remask", "random", "eos_block")
-DSL_SAMPLERS = ("sde", "ode")
-
-# generate(prompts, sampler, nfe, gen_length, seed) -> response token ids per prompt
-GenerateFn = Callable[[Sequence[Sequence[int]], str, int, int, int], list]
 
 
 # ---- command line -----------------------------------------------------------------
@@ -250,6 +247,9 @@ def prepare(settings: Settings):
     from dsl_jax.tokenizer import Tokenizer
 
     max_len = None
+    if settings.generator:  # a bad hook fails here, before any data is read
+        from dsl_jax.evaluation.generation import resolve_factory
+        resolve_factory(settings.generator)
     if settings.ckpt:
         meta = checkpoint.read_meta(settings.ckpt)
         needs_dsl = [s for s in settings.samplers if s in DSL_SAMPLERS]

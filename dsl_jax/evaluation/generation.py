@@ -1,0 +1,75 @@
+"""The sweep's generator: prompts -> response token ids, for one sampler and NFE.
+
+:func:`make_generator` loads the checkpoint once onto a mesh of this host's devices
+(``settings.mesh``, compute dtype ``settings.dtype`` or the checkpoint's) and returns a
+``GenerateFn``::
+
+    generate(prompts, sampler, nfe, gen_length, seed) -> list[list[int]]
+
+``prompts`` are chat-templated token-id lists; each result is the ``gen_length`` raw
+response ids of its prompt (the sweep decodes them, which strips EOS/EoT).
+
+``settings.generator = "module:factory"`` evaluates something else instead (another
+model, a cached set of outputs, a fake for tests): ``factory(settings, tok)`` must
+return a ``GenerateFn`` as above. The checkpoint is then optional.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+from dsl_jax.errors import UserError, require
+
+GenerateFn = Callable[[Sequence[Sequence[int]], str, int, int, int], list]
+DSL_SAMPLERS = ("sde", "ode")
+
+
+def resolve_factory(spec: str) -> Callable:
+    """The ``factory`` named by ``"module:factory"``; one-line error when it is missing."""
+    require(spec.count(":") == 1 and all(spec.split(":")),
+            f"config generator: expected 'module:factory', got {spec!r}")
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"config generator: cannot import {module_name!r} ({e})") from None
+    factory = getattr(module, attr, None)
+    require(callable(factory), f"config generator: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def load_for_sweep(ckpt: str, samplers: Sequence[str], mesh, dtype: str = ""):
+    """The model the samplers need, loaded once: a DSLModel when any sampler is DSL-SDE
+    or its ODE (the LLaDA samplers run on its backbone too), else the plain LLaDA."""
+    from dsl_jax import checkpoint
+
+    run = {"dtype": dtype} if dtype else {}
+    if any(s in DSL_SAMPLERS for s in samplers):
+        return checkpoint.load_dsl(ckpt, mesh=mesh, **run)
+    return checkpoint.load(ckpt, mesh=mesh, **run)
+
+
+def make_generator(settings, tok) -> GenerateFn:
+    """A ``GenerateFn`` for the sweep's settings (see the module docstring)."""
+    if settings.generator:
+        fn = resolve_factory(settings.generator)(settings, tok)
+        require(callable(fn), f"config generator: {settings.generator} did not return a function")
+        return fn
+
+    import jax
+
+    from dsl_jax import sampling
+    from dsl_jax.sharding import make_mesh, parse_mesh
+
+    require(settings.ckpt, "config ckpt: no checkpoint given (--config.ckpt=DIR)")
+    # Each host samples its own share on its own devices (pods: see dsl_jax.evaluation.sweep).
+    mesh = make_mesh(parse_mesh(settings.mesh), devices=jax.local_devices())
+    model = load_for_sweep(settings.ckpt, settings.samplers, mesh, settings.dtype)
+
+    def generate(prompts, sampler, nfe, gen_length, seed):
+        return sampling.generate(model, [list(map(int, p)) for p in prompts], sampler=sampler,
+                                 nfe=int(nfe), gen_length=int(gen_length), seed=int(seed),
+                                 batch_size=len(prompts), mesh=mesh)
+
+    return generate
