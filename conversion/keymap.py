@@ -124,3 +124,20 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
     tree[path[-1]] = value
+
+
+# ---- DSL-LLaDA (DESIGN.md section 3) -------------------------------------------------
+# Released DSL-LLaDA checkpoints add these keys to LLaDA's. Paths are under the
+# checkpoint's ``dsl`` group; ``None`` in a shape is the free noise width d.
+DSL: dict[str, Entry] = {
+    "noise_embed.weight": Entry(("noise_embed",), lambda c: (c.vocab_size, None), _same, _same),
+    "converter.beta": Entry(("converter", "beta"), lambda c: (), _same, _same),
+    "converter.logit_bias": Entry(("converter", "logit_bias"), lambda c: (c.vocab_size + 1,),
+                                  _same, _same),
+    # W is [d_model, V+1] in PyTorch (Linear(V+1 -> d_model) weight); dsl-jax keeps [V+1, d_model].
+    "converter.backbone_embedding.weight": Entry(
+        ("converter", "w"), lambda c: (c.d_model, c.vocab_size + 1), _t, _t),
+    "converter.backbone_embedding.bias": Entry(("converter", "c"), lambda c: (c.d_model,),
+                                               _same, _same),
+}
+DSL_UNSUPPORTED_PREFIX = "converter.residual_proj."

@@ -1,0 +1,369 @@
+"""``dsl-jax convert``: a Hugging Face LLaDA / DSL-LLaDA checkpoint -> a sharded orbax checkpoint.
+
+Streaming: every input file's header is read and checked first (keys, shapes against
+``config.json``, truncation), before anything is written. Then each parameter of the
+dsl-jax model is assembled on its own: its device shards are filled from lazily read
+tensors (layer by layer for the stacked ``blocks/*``; a layer's tensors may live in
+different shards, the index decides), put onto the mesh with the parameter's
+sharding, written with an orbax partial save, and freed. Host memory peaks near one
+parameter (the largest of the largest tensor and the largest stacked parameter)
+plus fixed overhead, never the whole checkpoint. Everything goes into a temporary
+sibling directory renamed into place at the end: the output is complete or absent.
+
+Also reads the released DSL-LLaDA checkpoints: the LLaDA keys plus
+``noise_embed.weight`` and ``converter.{beta, logit_bias, backbone_embedding.*}``,
+stored in the checkpoint's ``dsl`` group (load them with ``dsl_jax.load_dsl``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+import uuid
+import warnings
+
+import numpy as np
+
+from dsl_jax.errors import UserError, require
+
+CHUNK_BYTES = 64 * 1024 * 1024  # rows of a 2-D tensor are read in chunks of about this size
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, from the OS (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def check_output(out: str, overwrite: bool) -> str:
+    from dsl_jax.checkpoint import is_checkpoint
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        if is_checkpoint(out):
+            require(overwrite, f"{out}: already holds a dsl-jax checkpoint; pass --overwrite to "
+                               "replace it")
+        else:
+            require(overwrite, f"{out}: already exists; pass --overwrite to replace it")
+    return out
+
+
+def temp_sibling(path: str) -> str:
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def commit(tmp: str, path: str) -> None:
+    """Move a finished temporary directory into place (replacing ``path`` if present)."""
+    if os.path.exists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    os.replace(tmp, path)
+
+
+# ---- planning: which tensor fills which parameter ---------------------------------------
+
+
+def plan(hf, cfg):
+    """Check the source's keys and shapes against ``cfg``.
+
+    Returns (llada, dsl, noise_dim): ``llada`` maps a LLaDA key to its TensorRef;
+    ``dsl`` is the same for DSL keys (None for a plain LLaDA checkpoint).
+    """
+    from conversion import keymap
+
+    llada, dsl = {}, {}
+    for key, ref in hf.tensors.items():
+        found = keymap.lookup(key)
+        if found is not None:
+            entry, layer = found
+            require(layer is None or layer < cfg.n_layers,
+                    f"{ref.path}: unexpected key {key} (config.json has n_layers {cfg.n_layers})")
+            llada[key] = ref
+            continue
+        require(not key.startswith(keymap.DSL_UNSUPPORTED_PREFIX),
+                f"{ref.path}: key {key}: the converter's residual projection variant is not "
+                "supported")
+        require(key in keymap.DSL, f"{ref.path}: unexpected key {key}")
+        dsl[key] = ref
+    missing = [k for k in keymap.torch_keys(cfg) if k not in llada]
+    if missing:
+        raise UserError(f"{hf.dir}: missing key {missing[0]}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    noise_dim = None
+    if dsl:
+        missing = [k for k in keymap.DSL if k not in dsl]
+        if missing:
+            raise UserError(f"{hf.dir}: DSL checkpoint is missing key {missing[0]}")
+        ne = dsl["noise_embed.weight"]
+        require(len(ne.shape) == 2 and ne.shape[1] > 0,
+                f"{ne.path}: tensor noise_embed.weight has shape {list(ne.shape)}, expected "
+                f"[{cfg.vocab_size}, noise_dim]")
+        noise_dim = ne.shape[1]
+    for key, ref in {**llada, **dsl}.items():
+        entry = keymap.lookup(key)[0] if key in llada else keymap.DSL[key]
+        want = tuple(noise_dim if s is None else s for s in entry.torch_shape(cfg))
+        got = ref.shape
+        if key == "converter.beta" and got == (1,):
+            got = ()
+        require(got == want, f"{ref.path}: tensor {key} has shape {list(ref.shape)} but "
+                             f"config.json implies {list(want)}")
+    return llada, (dsl or None), noise_dim
+
+
+# ---- assembling one parameter into its device shards ------------------------------------
+
+
+def _norm_index(index, shape):
+    return tuple((s.indices(n)[0], s.indices(n)[1]) for s, n in zip(index, shape))
+
+
+def _read_jax_layout(ref, entry, cfg, dtype, index):
+    """One tensor in dsl-jax layout, only the part ``index`` (tuple of slices), as ``dtype``.
+
+    2-D tensors that are kept or transposed are read in row chunks, only the rows
+    needed; other tensors (per-layer attention weights, small) are read whole.
+    """
+    from conversion import keymap
+
+    if len(ref.shape) == 2 and entry.to_jax in (keymap._same, keymap._t):
+        transposed = entry.to_jax is keymap._t
+        rows_idx, cols_idx = (index[1], index[0]) if transposed else (index[0], index[1])
+        r0, r1, _ = rows_idx.indices(ref.shape[0])
+        c0, c1, _ = cols_idx.indices(ref.shape[1])
+        out = np.empty((c1 - c0, r1 - r0) if transposed else (r1 - r0, c1 - c0), dtype)
+        step = max(1, CHUNK_BYTES // max(1, ref.shape[1] * ref.dtype.itemsize))
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            part = ref.read(rows=slice(a, b))[:, c0:c1].astype(dtype)
+            if transposed:
+                out[:, a - r0:b - r0] = part.T
+            else:
+                out[a - r0:b - r0] = part
+        return out
+    value = ref.read()
+    if value.ndim == 1 and value.shape == (1,) and not entry.torch_shape(cfg):
+        value = value.reshape(())
+    return np.asarray(entry.to_jax(value, cfg)[index], dtype=dtype)
+
+
+def assemble(sds, sources, cfg, on_tensor, stacked: bool):
+    """A jax.Array for one parameter: ``sds`` gives shape, dtype and sharding.
+
+    ``sources`` is [(ref, entry)] for a whole tensor, or one per layer for a stacked
+    parameter (leading ``layers`` axis). Each distinct device shard is filled once in
+    host memory, then put on its devices.
+    """
+    import jax
+
+    shape, dtype, sharding = tuple(sds.shape), np.dtype(sds.dtype), sds.sharding
+    index_map = sharding.addressable_devices_indices_map(shape)
+    buffers: dict = {}
+    for device, index in index_map.items():
+        key = _norm_index(index, shape)
+        if key not in buffers:
+            buffers[key] = (tuple(slice(a, b) for a, b in key),
+                            np.empty(tuple(b - a for a, b in key), dtype))
+    if not stacked:
+        ref, entry = sources[0]
+        for index, buf in buffers.values():
+            buf[...] = _read_jax_layout(ref, entry, cfg, dtype, index)
+        on_tensor(ref)
+    else:
+        for layer, (ref, entry) in enumerate(sources):
+            wanted = [(idx, buf) for idx, buf in buffers.values()
+                      if idx[0].start <= layer < idx[0].stop]
+            for idx, buf in wanted:
+                part = _read_jax_layout(ref, entry, cfg, dtype, idx[1:])
+                buf[layer - idx[0].start] = part
+                del part
+            on_tensor(ref)
+    arrays = []
+    for device, index in index_map.items():
+        arrays.append(jax.device_put(buffers[_norm_index(index, shape)][1], device))
+    out = jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+    del arrays, buffers
+    return out
+
+
+# ---- the conversion ----------------------------------------------------------------------
+
+
+def _partial_save(path, tree):
+    from orbax.checkpoint.experimental.v1 import partial
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        partial.save(path, tree)
+
+
+def _partial_finalize(path):
+    from orbax.checkpoint.experimental.v1 import partial
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        partial.finalize(path)
+
+
+def _write_checkpoint_metadata(params_dir):
+    """The checkpoint-level metadata file that ``StandardCheckpointer`` writes next to a
+    PyTree (the partial save keeps it one level up, for its own layout)."""
+    now = time.time_ns()
+    with open(os.path.join(params_dir, "_CHECKPOINT_METADATA"), "w") as f:
+        json.dump({"item_handlers": "orbax.checkpoint._src.handlers.standard_checkpoint_handler."
+                                    "StandardCheckpointHandler", "metrics": {},
+                   "performance_metrics": {}, "init_timestamp_nsecs": now,
+                   "commit_timestamp_nsecs": now, "custom_metadata": {}}, f)
+
+
+def _nest(path, value):
+    tree = value
+    for p in reversed(path):
+        tree = {p: tree}
+    return tree
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Convert a Hugging Face LLaDA (or DSL-LLaDA) directory into a dsl-jax checkpoint ``out``.
+
+    ``dtype`` is the stored parameter dtype (``bfloat16`` or ``float32``; the DSL
+    noise embedding, ``beta`` and ``logit_bias`` stay float32 as in the model).
+    ``mesh`` is where the parameters are assembled (default: the current mesh or all
+    devices on ``fsdp``). Returns a summary dict: tensors, bytes, seconds,
+    peak_rss_bytes, largest_tensor_bytes, largest_param_bytes, out.
+    """
+    import jax
+    from flax import nnx
+    from tqdm import tqdm
+
+    from conversion import keymap
+    from conversion.hf_io import HFCheckpoint
+    from dsl_jax import checkpoint, sharding
+    from dsl_jax.config import ModelConfig
+    from dsl_jax.dsl import DSLConfig, build_dsl
+    from dsl_jax.model import build
+
+    t0 = time.perf_counter()
+    require(dtype in ("bfloat16", "float32"), f"--dtype must be bfloat16 or float32, got {dtype!r}")
+    out = check_output(out, overwrite)
+    hf = HFCheckpoint(hf_dir)
+    cfg = ModelConfig.from_hf_json(hf.config_path, param_dtype=dtype, dtype=dtype)
+    llada, dsl, noise_dim = plan(hf, cfg)
+    used = {**llada, **(dsl or {})}
+    if mesh is None:
+        mesh = checkpoint.current_mesh_or_default()
+
+    if dsl:
+        dsl_cfg = DSLConfig(noise_dim=noise_dim)
+        builder = build_dsl(cfg, dsl_cfg)
+    else:
+        dsl_cfg = None
+        builder = build(cfg)
+    _, abstract_state = sharding.abstract_with_shardings(builder, mesh)
+    pure = nnx.to_pure_dict(abstract_state)
+    if dsl:
+        target = {"model": pure.pop("llada"), "dsl": pure}
+    else:
+        target = {"model": pure}
+
+    # (group, path in group) -> [(ref, entry)] (one per layer for stacked parameters)
+    jobs: dict[tuple, list] = {}
+    for key in keymap.torch_keys(cfg):
+        entry, layer = keymap.lookup(key)
+        jobs.setdefault(("model",) + entry.jax_path, []).append((llada[key], entry))
+    for key, entry in (keymap.DSL.items() if dsl else ()):
+        jobs[("dsl",) + entry.jax_path] = [(dsl[key], entry)]
+    flat_target = {path: _get(target, path) for path in jobs}
+    leaves = {tuple(str(getattr(k, "key", k)) for k in p): v for p, v in
+              jax.tree_util.tree_flatten_with_path(target)[0]}
+    require(set(leaves) == set(jobs), "internal: the key map does not cover the model's parameters: "
+            f"{sorted(set(leaves) ^ set(jobs))[:3]}")
+
+    total = hf.total_bytes(used)
+    largest_tensor = max(r.nbytes for r in used.values())
+    largest_param = max(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
+                        for s in flat_target.values())
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    done = {"tensors": 0}
+
+    def on_tensor(ref):
+        done["tensors"] += 1
+        bar.update(ref.nbytes)
+        bar.set_postfix_str(f"tensors {done['tensors']}/{len(used)}", refresh=False)
+
+    tmp = temp_sibling(out)
+    try:
+        os.makedirs(tmp)
+        orbax_tmp = os.path.join(tmp, "_orbax")
+        # Largest parameters first: the peak is then reached early and stays put.
+        order = sorted(jobs, key=lambda p: -int(np.prod(flat_target[p].shape, dtype=np.int64)))
+        for path in order:
+            arr = assemble(flat_target[path], jobs[path], cfg, on_tensor,
+                           stacked=path[:2] == ("model", "blocks"))
+            _partial_save(orbax_tmp, _nest(path, arr))
+            del arr
+        _partial_finalize(orbax_tmp)
+        params_dir = os.path.join(tmp, checkpoint.PARAMS_DIR)
+        os.replace(os.path.join(orbax_tmp, "state"), params_dir)
+        shutil.rmtree(orbax_tmp)
+        _write_checkpoint_metadata(params_dir)
+        meta = checkpoint.make_meta(cfg, dsl_cfg.to_dict() if dsl_cfg else None)
+        meta["source"] = {"hf_dir": os.path.abspath(hf_dir), "dsl": bool(dsl)}
+        with open(os.path.join(tmp, checkpoint.META_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+        commit(tmp, out)
+    finally:
+        bar.close()
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    return {"out": out, "tensors": done["tensors"], "bytes": total, "seconds": seconds,
+            "peak_rss_bytes": peak_rss_bytes(), "largest_tensor_bytes": largest_tensor,
+            "largest_param_bytes": largest_param, "dsl": bool(dsl),
+            "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.axis_sizes)))}
+
+
+def summary_line(s: dict, verb: str = "converted") -> str:
+    return (f"{verb} {s['tensors']} tensors, {s['bytes'] / 1e9:.2f} GB in {s['seconds']:.1f} s "
+            f"({s['bytes'] / 1e9 / max(s['seconds'], 1e-9):.2f} GB/s), peak memory "
+            f"{s['peak_rss_bytes'] / 1e9:.2f} GB -> {s['out']}")
+
+
+# ---- command line ------------------------------------------------------------------------
+
+
+def register(sub):
+    p = sub.add_parser("convert", help="convert a Hugging Face LLaDA / DSL-LLaDA checkpoint to orbax",
+                       description=__doc__)
+    p.add_argument("--hf", required=True, metavar="DIR",
+                   help="Hugging Face directory: config.json plus model.safetensors.index.json and "
+                        "shards, a single model.safetensors, or pytorch_model*.bin (needs torch)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="output checkpoint directory")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="stored parameter dtype (default bfloat16)")
+    p.add_argument("--mesh", default="fsdp=-1",
+                   help="mesh the parameters are sharded over while converting, e.g. "
+                        "'fsdp=4,tensor=2' (default: all devices on fsdp)")
+    p.add_argument("--overwrite", action="store_true", help="replace CKPT if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dsl_jax import sharding
+    mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
+    s = convert(args.hf, args.out, dtype=args.dtype, mesh=mesh, overwrite=args.overwrite,
+                progress=not args.no_progress)
+    print(summary_line(s) + (" (with DSL parameters)" if s["dsl"] else ""))
+    return 0

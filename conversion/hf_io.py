@@ -1,0 +1,305 @@
+"""Lazy reading and streaming writing of Hugging Face checkpoint directories.
+
+A Hugging Face LLaDA directory holds ``config.json`` and either safetensors shards
+with ``model.safetensors.index.json`` (its ``weight_map`` says which file holds each
+key), a single ``model.safetensors``, or the same with PyTorch ``.bin`` pickles.
+
+Safetensors files are read here directly: the header (8-byte little-endian length,
+then JSON) is parsed and validated up front, and a tensor's bytes (or a range of
+its rows) are read with ``readinto`` into a fresh numpy buffer only when asked for.
+Nothing is memory-mapped, so resident memory holds only what is being converted.
+``.bin`` pickles go through ``torch.load(mmap=True)`` when torch is installed.
+
+Writing is streaming too: :class:`SafetensorsWriter` writes the header first (every
+tensor's shape and dtype is known in advance) and then each tensor at its offset,
+in any order, so one tensor at a time is in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterable
+
+import ml_dtypes
+import numpy as np
+
+from dsl_jax.errors import UserError, require
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+BIN_SINGLE_FILE = "pytorch_model.bin"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+ST_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+NP_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+
+TORCH_EXTRA = 'pip install -e ".[verify]"'
+
+
+def st_dtype_name(dtype) -> str:
+    dtype = np.dtype(dtype)
+    require(dtype in NP_TO_ST, f"dtype {dtype} cannot be stored in safetensors")
+    return NP_TO_ST[dtype]
+
+
+@dataclass
+class TensorRef:
+    """Where one tensor lives: its file, key, dtype, shape and byte range."""
+
+    key: str
+    path: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    start: int = 0  # absolute byte offset in the file (safetensors)
+    nbytes: int = 0
+    source: "HFCheckpoint | None" = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def read(self, rows: slice | None = None) -> np.ndarray:
+        """The tensor (or rows ``rows`` of its first axis) as a fresh numpy array."""
+        if self.path.endswith(".bin"):
+            return self.source._read_bin(self, rows)
+        shape = self.shape
+        start, count = self.start, self.size
+        if rows is not None and len(shape) >= 1:
+            r0, r1, step = rows.indices(shape[0])
+            require(step == 1, "internal: row slices must be contiguous")
+            row = int(np.prod(shape[1:], dtype=np.int64))
+            start += r0 * row * self.dtype.itemsize
+            count = (r1 - r0) * row
+            shape = (r1 - r0, *shape[1:])
+        out = np.empty(shape, self.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            got = f.readinto(buf)
+        require(got == count * self.dtype.itemsize,
+                f"{self.path}: truncated while reading tensor {self.key} "
+                f"(got {got} of {count * self.dtype.itemsize} bytes)")
+        return out
+
+
+def read_safetensors_header(path: str) -> dict[str, TensorRef]:
+    """Parse and validate a safetensors header; returns key -> TensorRef.
+
+    Catches truncated files (data ranges past the end of the file), garbage headers
+    and overlapping ranges before any tensor data is read.
+    """
+    require(os.path.isfile(path), f"{path}: missing safetensors file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        require(len(head) == 8, f"{path}: truncated safetensors file (no header)")
+        (n,) = struct.unpack("<Q", head)
+        require(0 < n <= MAX_HEADER_BYTES and 8 + n <= size,
+                f"{path}: truncated or corrupt safetensors file (header of {n} bytes, "
+                f"file of {size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    require(isinstance(header, dict), f"{path}: corrupt safetensors header")
+    base = 8 + n
+    out: dict[str, TensorRef] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (s, e) = info["dtype"], tuple(int(x) for x in info["shape"]), \
+                info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: corrupt safetensors header entry for {key}") from None
+        require(dtype_name in ST_DTYPES, f"{path}: tensor {key} has unsupported dtype {dtype_name}")
+        dtype = ST_DTYPES[dtype_name]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        require(e - s == nbytes and s >= 0,
+                f"{path}: corrupt safetensors header: tensor {key} has {e - s} bytes for shape "
+                f"{list(shape)} {dtype_name}")
+        require(base + e <= size,
+                f"{path}: truncated safetensors file: tensor {key} ends at byte {base + e} "
+                f"but the file has {size} bytes")
+        out[key] = TensorRef(key, path, dtype, shape, base + s, nbytes)
+    return out
+
+
+class HFCheckpoint:
+    """A Hugging Face checkpoint directory, opened lazily.
+
+    ``tensors`` maps every key to a :class:`TensorRef`; nothing is read until
+    ``ref.read()``. ``config_path`` is the directory's ``config.json``.
+    """
+
+    def __init__(self, hf_dir: str):
+        require(os.path.isdir(hf_dir), f"{hf_dir}: no such directory")
+        self.dir = hf_dir
+        self.config_path = os.path.join(hf_dir, "config.json")
+        require(os.path.isfile(self.config_path), f"{self.config_path}: missing config.json")
+        self._bin_cache: dict[str, dict] = {}
+        self.tensors: dict[str, TensorRef] = {}
+        files = self._files()
+        for name, keys in files.items():
+            path = os.path.join(hf_dir, name)
+            require(os.path.isfile(path), f"{path}: missing shard (listed in the index)")
+            refs = self._bin_header(path) if name.endswith(".bin") else read_safetensors_header(path)
+            if keys is not None:
+                listed = set(keys)
+                absent = sorted(listed - set(refs))
+                if absent:
+                    raise UserError(f"{path}: key {absent[0]} is listed in the index but not "
+                                    "in this file")
+                refs = {k: v for k, v in refs.items() if k in listed}
+            for key, ref in refs.items():
+                if key in self.tensors:
+                    raise UserError(f"{path}: key {key} appears in two files "
+                                    f"({self.tensors[key].path})")
+                ref.source = self
+                self.tensors[key] = ref
+
+    def _files(self) -> dict[str, list[str] | None]:
+        """file name -> keys it should hold (None: all of them)."""
+        for index_name in (INDEX_FILE, BIN_INDEX_FILE):
+            index_path = os.path.join(self.dir, index_name)
+            if os.path.isfile(index_path):
+                try:
+                    with open(index_path) as f:
+                        index = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{index_path}: not valid JSON ({e.msg})") from None
+                wm = index.get("weight_map") if isinstance(index, dict) else None
+                require(isinstance(wm, dict) and wm, f"{index_path}: no weight_map")
+                files: dict[str, list[str]] = {}
+                for key, name in wm.items():
+                    require(isinstance(name, str) and "/" not in name and name not in ("", ".", ".."),
+                            f"{index_path}: bad file name {name!r} for key {key}")
+                    files.setdefault(name, []).append(key)
+                return files
+        for single in (SINGLE_FILE, BIN_SINGLE_FILE):
+            if os.path.isfile(os.path.join(self.dir, single)):
+                return {single: None}
+        raise UserError(f"{self.dir}: no {INDEX_FILE}, {SINGLE_FILE}, {BIN_INDEX_FILE} or "
+                        f"{BIN_SINGLE_FILE}")
+
+    # ---- .bin pickles through torch ----------------------------------------------
+
+    def _bin_state(self, path: str) -> dict:
+        if path not in self._bin_cache:
+            try:
+                import torch
+            except ImportError:
+                raise UserError(f"{path}: reading PyTorch .bin files needs torch: "
+                                f"{TORCH_EXTRA}") from None
+            try:
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:  # noqa: BLE001  (corrupt pickles raise many types)
+                raise UserError(f"{path}: cannot read PyTorch file ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            require(isinstance(state, dict), f"{path}: expected a state dict")
+            self._bin_cache[path] = state
+        return self._bin_cache[path]
+
+    def _bin_header(self, path: str) -> dict[str, TensorRef]:
+        import torch  # _bin_state has checked it is there
+        state = self._bin_state(path)
+        names = {torch.float32: np.float32, torch.float16: np.float16,
+                 torch.bfloat16: ml_dtypes.bfloat16, torch.float64: np.float64}
+        out = {}
+        for key, t in state.items():
+            require(t.dtype in names, f"{path}: tensor {key} has unsupported dtype {t.dtype}")
+            dt = np.dtype(names[t.dtype])
+            out[key] = TensorRef(key, path, dt, tuple(t.shape), 0, t.numel() * dt.itemsize)
+        return out
+
+    def _read_bin(self, ref: TensorRef, rows: slice | None) -> np.ndarray:
+        import torch
+        t = self._bin_state(ref.path)[ref.key]
+        if rows is not None:
+            t = t[rows]
+        t = t.contiguous()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().copy().view(ml_dtypes.bfloat16)
+        return t.numpy().copy()
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def total_bytes(self, keys: Iterable[str] | None = None) -> int:
+        keys = self.tensors if keys is None else keys
+        return sum(self.tensors[k].nbytes for k in keys)
+
+    def read(self, key: str) -> np.ndarray:
+        return self.tensors[key].read()
+
+
+class SafetensorsWriter:
+    """Write one safetensors file: header first, then tensors at their offsets, in any order."""
+
+    def __init__(self, path: str, entries: list[tuple[str, np.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = path
+        header: dict = {"__metadata__": metadata or {"format": "pt"}}
+        self.offsets: dict[str, tuple[int, int, np.dtype, tuple[int, ...]]] = {}
+        pos = 0
+        for key, dtype, shape in entries:
+            dtype = np.dtype(dtype)
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[key] = {"dtype": st_dtype_name(dtype), "shape": list(shape),
+                           "data_offsets": [pos, pos + n]}
+            self.offsets[key] = (pos, n, dtype, tuple(shape))
+            pos += n
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self.base = 8 + len(raw)
+        self.data_bytes = pos
+        self.f = open(path, "wb")
+        self.f.write(struct.pack("<Q", len(raw)) + raw)
+        self.f.truncate(self.base + pos)
+        self.written: set[str] = set()
+
+    def write(self, key: str, value: np.ndarray) -> None:
+        start, n, dtype, shape = self.offsets[key]
+        value = np.ascontiguousarray(value).reshape(np.shape(value))
+        require(value.dtype == dtype and tuple(value.shape) == shape,
+                f"internal: {key} is {value.dtype}{list(value.shape)}, header says "
+                f"{dtype}{list(shape)}")
+        self.f.seek(self.base + start)
+        self.f.write(memoryview(value.reshape(-1).view(np.uint8)))
+        self.written.add(key)
+
+    def close(self) -> None:
+        missing = set(self.offsets) - self.written
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        require(not missing, f"internal: {self.path}: tensors never written: {sorted(missing)[:3]}")
+
+
+def plan_shards(entries: list[tuple[str, np.dtype, tuple[int, ...]]], max_shard_bytes: int
+                ) -> list[list[tuple[str, np.dtype, tuple[int, ...]]]]:
+    """Split (key, dtype, shape) entries, in order, into files of at most ``max_shard_bytes``
+    (a single larger tensor gets a file of its own)."""
+    shards: list[list] = [[]]
+    size = 0
+    for key, dtype, shape in entries:
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((key, dtype, shape))
+        size += n
+    return shards
+
+
+def shard_name(i: int, n: int) -> str:
+    return SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"

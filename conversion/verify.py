@@ -1,0 +1,122 @@
+"""``dsl-jax verify``: the converted Flax model's logits against the PyTorch reference.
+
+Runs a few random token sequences through the checkpoint (loaded in float32 compute
+on the current devices) and through ``transformers``' Llama with a zero 4-D mask
+built from the same Hugging Face files, then prints the largest absolute logit
+difference and the mean KL(torch || flax) of the next-token distributions. Exits
+with status 1 beyond tolerance. Needs the ``verify`` extra (torch, transformers).
+For a DSL-LLaDA checkpoint the DSL tensors are also compared exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dsl_jax.errors import UserError, require
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """Mean over positions of KL(softmax p || softmax q), in float64."""
+    p = p_logits.astype(np.float64)
+    q = q_logits.astype(np.float64)
+    lp = p - p.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    lq = q - q.max(-1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(-1, keepdims=True))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+
+
+def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int = 0,
+           atol: float = 1e-2, kl_tol: float = 1e-4, mesh=None, progress: bool = True) -> dict:
+    """Compare logits of checkpoint ``ckpt`` with the PyTorch reference of ``hf_dir``.
+
+    Returns max_abs_diff, kl, max_abs_logit (reference scale), dsl_max_abs_diff (or
+    None) and ok (both within tolerance, and DSL tensors equal within ``atol``).
+    """
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError('verify needs torch and transformers: pip install -e ".[verify]"') from None
+    import jax.numpy as jnp
+
+    from conversion import keymap, torch_reference
+    from conversion.convert import plan
+    from conversion.hf_io import HFCheckpoint
+    from dsl_jax import checkpoint
+    from dsl_jax.config import ModelConfig
+
+    require(batch > 0 and length > 0, "--batch and --length must be positive")
+    hf = HFCheckpoint(hf_dir)
+    hf_cfg = ModelConfig.from_hf_json(hf.config_path, dtype="float32", param_dtype="float32")
+    llada, dsl, _ = plan(hf, hf_cfg)
+    meta = checkpoint.read_meta(ckpt)
+    cfg = checkpoint.model_config(meta, source=os.path.join(ckpt, checkpoint.META_FILE))
+    require(cfg.to_hf_dict() == hf_cfg.to_hf_dict(),
+            f"{ckpt}: its model config differs from {hf.config_path}")
+    length = min(length, cfg.max_sequence_length)
+    ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, length))
+
+    tensors = {k: ref.read().astype(np.float32) for k, ref in llada.items()}
+    ref_model = torch_reference.build_llama(hf_cfg, tensors, dtype="float32")
+    del tensors
+    ref = torch_reference.llama_logits(ref_model, ids)
+    del ref_model
+
+    model = checkpoint.load(ckpt, mesh=mesh, dtype="float32")
+    from flax import nnx
+    got = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids, jnp.int32)))
+    del model
+    diff = float(np.max(np.abs(got - ref)))
+    kl = _kl(ref, got)
+    dsl_diff = None
+    if dsl is not None:
+        require(meta.get("dsl") is not None, f"{ckpt}: has no DSL parameters but {hf_dir} does")
+        m = checkpoint.load_dsl(ckpt, mesh=mesh)
+        dsl_diff = 0.0
+        for key, entry in keymap.DSL.items():
+            node = m
+            for p in entry.jax_path:
+                node = getattr(node, p)
+            mine = entry.to_torch(np.asarray(node[...], np.float32), hf_cfg)
+            theirs = dsl[key].read().astype(np.float32).reshape(np.shape(mine))
+            dsl_diff = max(dsl_diff, float(np.max(np.abs(mine - theirs))))
+    ok = diff <= atol and kl <= kl_tol and (dsl_diff is None or dsl_diff <= atol)
+    return {"max_abs_diff": diff, "kl": kl, "max_abs_logit": float(np.max(np.abs(ref))),
+            "dsl_max_abs_diff": dsl_diff, "ok": ok, "batch": batch, "length": length,
+            "atol": atol, "kl_tol": kl_tol}
+
+
+def register(sub):
+    p = sub.add_parser("verify", help="compare a converted checkpoint's logits with PyTorch",
+                       description=__doc__)
+    p.add_argument("--hf", required=True, metavar="DIR", help="the Hugging Face directory converted")
+    p.add_argument("--ckpt", required=True, metavar="CKPT", help="the dsl-jax checkpoint")
+    p.add_argument("--batch", type=int, default=2, help="random sequences (default 2)")
+    p.add_argument("--length", type=int, default=32, help="tokens per sequence (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
+    p.add_argument("--atol", type=float, default=1e-2,
+                   help="largest allowed absolute logit difference (default 1e-2)")
+    p.add_argument("--kl-tol", type=float, default=1e-4,
+                   help="largest allowed mean KL(torch || flax) (default 1e-4)")
+    p.add_argument("--mesh", default="fsdp=-1", help="mesh for the Flax model (default all on fsdp)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dsl_jax import sharding
+    mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
+    r = verify(args.hf, args.ckpt, batch=args.batch, length=args.length, seed=args.seed,
+               atol=args.atol, kl_tol=args.kl_tol, mesh=mesh)
+    line = (f"{r['batch']} x {r['length']} tokens: max |logit diff| {r['max_abs_diff']:.3e} "
+            f"(logits up to {r['max_abs_logit']:.2f}), mean KL {r['kl']:.3e}")
+    if r["dsl_max_abs_diff"] is not None:
+        line += f", DSL tensors max |diff| {r['dsl_max_abs_diff']:.3e}"
+    print(line)
+    if not r["ok"]:
+        print(f"verify: FAILED (tolerances: atol {r['atol']:g}, KL {r['kl_tol']:g})")
+        return 1
+    print("verify: OK")
+    return 0

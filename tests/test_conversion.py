@@ -1,0 +1,289 @@
+"""Checkpoint conversion: Hugging Face LLaDA / DSL-LLaDA -> sharded orbax -> Hugging Face."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx
+
+from conversion import hf_io, keymap, torch_reference
+from conversion.convert import convert
+from conversion.export import export
+from conversion.verify import verify
+from dsl_jax import checkpoint, config, sharding
+from dsl_jax.errors import UserError
+
+CFG = config.preset("tiny", vocab_size=96, mask_token_id=95, dtype="float32")
+NOISE_DIM = 8
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_tensors(cfg, seed=0, dsl=False):
+    r = np.random.default_rng(seed)
+    out = {}
+    for key in keymap.torch_keys(cfg):
+        shape = keymap.lookup(key)[0].torch_shape(cfg)
+        if key.endswith("norm.weight"):
+            out[key] = (1.0 + 0.2 * r.standard_normal(shape)).astype(np.float32)
+        else:
+            out[key] = (0.05 * r.standard_normal(shape)).astype(np.float32)
+    if dsl:
+        e = r.standard_normal((cfg.vocab_size, NOISE_DIM)).astype(np.float32)
+        out["noise_embed.weight"] = e / np.linalg.norm(e, axis=1, keepdims=True)
+        out["converter.beta"] = np.asarray(1.7, np.float32)
+        out["converter.logit_bias"] = r.standard_normal(cfg.vocab_size + 1).astype(np.float32)
+        out["converter.backbone_embedding.weight"] = (
+            0.05 * r.standard_normal((cfg.d_model, cfg.vocab_size + 1))).astype(np.float32)
+        out["converter.backbone_embedding.bias"] = (0.1 * r.standard_normal(cfg.d_model)).astype(np.float32)
+    return out
+
+
+def write_hf(path, cfg, tensors, dtype=np.float32, split=True):
+    """A Hugging Face LLaDA dir. ``split``: two shards + index, layer 0 split across them."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg.to_hf_dict(), f)
+    keys = list(tensors)
+    cast = {k: (v.astype(dtype) if k in keymap.torch_keys(cfg) or "backbone" in k else v)
+            for k, v in tensors.items()}
+    if split:
+        # wte and the first half of layer 0 in shard 1; the rest in shard 2.
+        first = [keys[0]] + [k for k in keys if k.startswith("model.transformer.blocks.0.")][:4]
+        groups = [first, [k for k in keys if k not in first]]
+        names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    else:
+        groups, names = [keys], ["model.safetensors"]
+    weight_map = {}
+    for name, group in zip(names, groups):
+        w = hf_io.SafetensorsWriter(os.path.join(path, name),
+                                    [(k, cast[k].dtype, cast[k].shape) for k in group])
+        for k in group:
+            w.write(k, cast[k])
+            weight_map[k] = name
+        w.close()
+    if split:
+        with open(os.path.join(path, hf_io.INDEX_FILE), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    return path
+
+
+def read_hf(path):
+    h = hf_io.HFCheckpoint(path)
+    return {k: h.read(k) for k in h.tensors}
+
+
+def flax_logits(ckpt, ids, mesh):
+    m = checkpoint.load(ckpt, mesh=mesh, dtype="float32")
+    return np.asarray(m(jnp.asarray(ids, jnp.int32)))
+
+
+@pytest.fixture(scope="module")
+def hf_split(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf")
+    tensors = random_tensors(CFG, seed=1)
+    return write_hf(str(d / "split"), CFG, tensors), tensors
+
+
+@pytest.fixture(scope="module")
+def converted(hf_split, tmp_path_factory):
+    """hf_split converted to float32 on 8 fake devices (fsdp 4 x tensor 2)."""
+    out = str(tmp_path_factory.mktemp("ck") / "f32")
+    s = convert(hf_split[0], out, dtype="float32", mesh=sharding.make_mesh({"fsdp": 4, "tensor": 2}),
+                progress=False)
+    return out, s
+
+
+def test_convert_split_shards_matches_torch_reference(hf_split, converted, mesh1):
+    path, tensors = hf_split
+    # The test's source really splits a layer across two shards.
+    index = json.load(open(os.path.join(path, hf_io.INDEX_FILE)))["weight_map"]
+    assert len({v for k, v in index.items() if ".blocks.0." in k}) == 2
+    out, s = converted
+    assert s["tensors"] == len(tensors) and s["bytes"] == sum(v.nbytes for v in tensors.values())
+    assert s["peak_rss_bytes"] > 0 and s["largest_tensor_bytes"] == max(v.nbytes for v in tensors.values())
+    ids = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 12))
+    ref = torch_reference.llama_logits(torch_reference.build_llama(CFG, tensors), ids)
+    got = flax_logits(out, ids, mesh1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # Values are exact (float32 -> float32), in dsl-jax layout.
+    m = checkpoint.load(out, mesh=mesh1)
+    np.testing.assert_array_equal(np.asarray(m.lm_head[...]), tensors[keymap.PREFIX + "ff_out.weight"].T)
+    np.testing.assert_array_equal(np.asarray(m.blocks.wq[...])[1].reshape(CFG.d_model, -1),
+                                  tensors[keymap.PREFIX + "blocks.1.q_proj.weight"].T)
+
+
+def test_single_file_bf16_and_verify(tmp_path, mesh1):
+    tensors = random_tensors(CFG, seed=3)
+    path = write_hf(str(tmp_path / "single"), CFG, tensors, dtype=ml_dtypes.bfloat16, split=False)
+    out = str(tmp_path / "ck")
+    s = convert(path, out, dtype="bfloat16", mesh=mesh1, progress=False)
+    meta = checkpoint.read_meta(out)
+    assert meta["run"]["param_dtype"] == "bfloat16" and meta["dsl"] is None
+    m = checkpoint.load(out, mesh=mesh1)
+    assert m.embed[...].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(m.embed[...]),
+                                  tensors[keymap.PREFIX + "wte.weight"].astype(ml_dtypes.bfloat16))
+    assert s["tensors"] == len(tensors)
+    r = verify(path, out, batch=2, length=10, mesh=mesh1, progress=False)
+    assert r["ok"] and r["max_abs_diff"] < 1e-4 and r["kl"] < 1e-6
+
+
+def test_restore_on_other_meshes(converted, mesh1):
+    out, _ = converted
+    ids = np.random.default_rng(4).integers(0, CFG.vocab_size, (2, 8))
+    one = flax_logits(out, ids, mesh1)
+    other = sharding.make_mesh({"fsdp": 2, "tensor": 4})
+    m = checkpoint.load(out, mesh=other, dtype="float32")
+    wq = m.blocks.wq[...]
+    assert len(wq.sharding.device_set) == 8 and wq.sharding.spec == jax.sharding.PartitionSpec(
+        None, "fsdp", "tensor", None)
+    assert wq.addressable_shards[0].data.shape == (CFG.n_layers, CFG.d_model // 2,
+                                                   CFG.n_heads // 4, CFG.head_dim)
+    with jax.set_mesh(other):
+        got = np.asarray(nnx.jit(lambda mm, x: mm(x))(m, jnp.asarray(ids, jnp.int32)))
+    np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_round_trip_identical(tmp_path, dtype):
+    np_dtype = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    tensors = random_tensors(CFG, seed=5, dsl=True)
+    src = write_hf(str(tmp_path / "src"), CFG, tensors, dtype=np_dtype)
+    ck = str(tmp_path / "ck")
+    convert(src, ck, dtype=dtype, mesh=sharding.make_mesh({"fsdp": 2, "tensor": 4}), progress=False)
+    back = str(tmp_path / "back")
+    s = export(ck, back, max_shard_bytes=20_000, progress=False)
+    assert s["files"] > 2
+    a, b = read_hf(src), read_hf(back)
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert json.load(open(os.path.join(back, "config.json"))) == CFG.to_hf_dict()
+    # The exported shards are ordinary safetensors files (read here by the safetensors library).
+    from safetensors.torch import load_file
+    index = json.load(open(os.path.join(back, hf_io.INDEX_FILE)))["weight_map"]
+    for key in (keymap.PREFIX + "blocks.0.q_proj.weight", "converter.backbone_embedding.weight"):
+        t = load_file(os.path.join(back, index[key]))[key]
+        np.testing.assert_array_equal(t.float().numpy(), a[key].astype(np.float32))
+
+
+def test_dsl_checkpoint_lands_in_load_dsl(tmp_path, mesh8):
+    tensors = random_tensors(CFG, seed=6, dsl=True)
+    src = write_hf(str(tmp_path / "dsl"), CFG, tensors)
+    ck = str(tmp_path / "ck")
+    s = convert(src, ck, dtype="float32", mesh=mesh8, progress=False)
+    assert s["dsl"]
+    meta = checkpoint.read_meta(ck)
+    assert meta["dsl"]["noise_dim"] == NOISE_DIM
+    m = checkpoint.load_dsl(ck, mesh=mesh8)
+    np.testing.assert_array_equal(np.asarray(m.noise_embed[...]), tensors["noise_embed.weight"])
+    assert float(m.converter.beta[...]) == pytest.approx(1.7)
+    np.testing.assert_array_equal(np.asarray(m.converter.logit_bias[...]), tensors["converter.logit_bias"])
+    np.testing.assert_array_equal(np.asarray(m.converter.w[...]),
+                                  tensors["converter.backbone_embedding.weight"].T)
+    np.testing.assert_array_equal(np.asarray(m.converter.c[...]), tensors["converter.backbone_embedding.bias"])
+    np.testing.assert_array_equal(np.asarray(m.llada.blocks.w_down[...])[1],
+                                  tensors[keymap.PREFIX + "blocks.1.ff_out.weight"].T)
+    # The plain loader still reads the LLaDA part.
+    assert checkpoint.load(ck, mesh=mesh8).embed[...].shape == (CFG.vocab_size, CFG.d_model)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def _no_output(tmp_path, out):
+    assert not os.path.exists(out)
+    parent = os.path.dirname(out)
+    assert not os.path.exists(parent) or not [n for n in os.listdir(parent) if ".tmp-" in n]
+
+
+def _bad(tmp_path, mesh1, mutate, match, tensors=None):
+    tensors = tensors or random_tensors(CFG, seed=7)
+    src = write_hf(str(tmp_path / "bad"), CFG, tensors)
+    mutate(src)
+    out = str(tmp_path / "out" / "ck")
+    with pytest.raises(UserError, match=match) as e:
+        convert(src, out, mesh=mesh1, progress=False)
+    assert "\n" not in str(e.value)
+    _no_output(tmp_path, out)
+
+
+def test_missing_shard(tmp_path, mesh1):
+    _bad(tmp_path, mesh1, lambda d: os.remove(os.path.join(d, "model-00002-of-00002.safetensors")),
+         r"model-00002-of-00002\.safetensors: missing shard")
+
+
+def test_truncated_safetensors(tmp_path, mesh1):
+    def cut(d):
+        p = os.path.join(d, "model-00001-of-00002.safetensors")
+        os.truncate(p, os.path.getsize(p) - 100)
+    _bad(tmp_path, mesh1, cut, r"model-00001-of-00002\.safetensors: truncated safetensors file")
+
+
+def test_shape_disagrees_with_config(tmp_path, mesh1):
+    t = random_tensors(CFG, seed=7)
+    t[keymap.PREFIX + "blocks.1.up_proj.weight"] = np.zeros((CFG.mlp_hidden_size + 1, CFG.d_model), np.float32)
+    _bad(tmp_path, mesh1, lambda d: None,
+         r"tensor model\.transformer\.blocks\.1\.up_proj\.weight has shape \[193, 64\] but config\.json implies \[192, 64\]",
+         tensors=t)
+
+
+def test_unexpected_and_missing_keys(tmp_path, mesh1):
+    t = random_tensors(CFG, seed=7)
+    t["model.transformer.blocks.0.extra.weight"] = np.zeros(3, np.float32)
+    _bad(tmp_path, mesh1, lambda d: None, r"unexpected key model\.transformer\.blocks\.0\.extra\.weight",
+         tensors=t)
+    t = random_tensors(CFG, seed=7)
+    del t[keymap.PREFIX + "blocks.1.k_proj.weight"]
+    _bad(tmp_path / "2", mesh1, lambda d: None, r"missing key model\.transformer\.blocks\.1\.k_proj\.weight",
+         tensors=t)
+    t = random_tensors(CFG, seed=7, dsl=True)
+    t["converter.residual_proj.weight"] = np.zeros((2, 2), np.float32)
+    _bad(tmp_path / "3", mesh1, lambda d: None, r"converter\.residual_proj\.weight: .*not supported",
+         tensors=t)
+    t = random_tensors(CFG, seed=7, dsl=True)
+    del t["converter.beta"]
+    _bad(tmp_path / "4", mesh1, lambda d: None, r"missing key converter\.beta", tensors=t)
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path, mesh1, hf_split, monkeypatch):
+    from conversion import convert as convert_mod
+    real, calls = convert_mod.assemble, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError("disk full (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert_mod, "assemble", failing)
+    out = str(tmp_path / "ck")
+    with pytest.raises(OSError, match="simulated"):
+        convert(hf_split[0], out, mesh=mesh1, progress=False)
+    assert len(calls) == 4
+    _no_output(tmp_path, out)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_checkpoint_needs_overwrite(converted, tmp_path, mesh1, hf_split):
+    out, _ = converted
+    with pytest.raises(UserError, match="already holds a dsl-jax checkpoint; pass --overwrite"):
+        convert(hf_split[0], out, mesh=mesh1, progress=False)
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        export(out, hf_split[0], progress=False)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "dsl_jax.cli", "convert", "--hf", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "ck")], capture_output=True, text=True, cwd=REPO, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("dsl-jax convert: error: ")
+    assert "no such directory" in r.stderr and "Traceback" not in r.stderr
