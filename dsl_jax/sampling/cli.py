@@ -1,0 +1,116 @@
+"""``dsl-jax sample``: generate responses to user messages with DSL-SDE, its ODE, or
+LLaDA's remasking samplers.
+
+Each prompt is a user message put into LLaDA's chat template; the response is
+``--gen-length`` positions, decoded with special tokens (EOS/EoT tails) stripped.
+Prompts come from ``--prompt`` or a JSONL file of objects with a "prompt" field (or
+plain JSON strings). With ``--out`` every result is written as a JSON line with the
+prompt, the output text and the response token ids.
+
+Samplers: sde (DSL-SDE, needs a DSL checkpoint), ode (its probability-flow ODE), remask
+(low-confidence remasking, one block, steps = NFE), random (random remasking), eos_block
+(low-confidence remasking, EOS suppressed, blocks of 32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def register(sub):
+    from dsl_jax.sampling.schedules import SNR_GRIDS
+    p = sub.add_parser("sample", help="generate with DSL-SDE, its ODE, or LLaDA's remasking",
+                       description=__doc__,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="dsl-jax checkpoint directory")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json (default: CKPT/tokenizer.json)")
+    p.add_argument("--sampler", default="sde", choices=["sde", "ode", "remask", "random", "eos_block"],
+                   help="sampler (default sde)")
+    p.add_argument("--nfe", type=int, default=16,
+                   help="forward passes per sample; sde/ode make 2*(NFE//2)+1 (default 16)")
+    p.add_argument("--gen-length", type=int, default=128, help="response positions (default 128)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one user message")
+    src.add_argument("--prompts-file", help='JSONL file: {"prompt": "..."} (or a JSON string) per line')
+    p.add_argument("--out", default=None, help="write results as JSONL to this file")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per jitted batch (default: all at once)")
+    p.add_argument("--seed", type=int, default=0, help="seed; prompt i uses (seed, i) (default 0)")
+    p.add_argument("--snr-grid", default="sensitive", choices=list(SNR_GRIDS),
+                   help="SNR grid of sde/ode (default sensitive)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="remasking samplers: 0 = argmax, > 0 Gumbel-max (default 0)")
+    p.add_argument("--mesh", default="fsdp=-1",
+                   help="mesh over the devices, e.g. 'data=2,fsdp=4' (default: all on fsdp)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def read_prompts(path: str) -> list[str]:
+    from dsl_jax.errors import UserError, require
+    require(os.path.isfile(path), f"{path}: no such prompts file")
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if isinstance(rec, dict):
+                require(isinstance(rec.get("prompt"), str),
+                        f"{path}:{n}: expected an object with a string \"prompt\" field")
+                rec = rec["prompt"]
+            require(isinstance(rec, str), f"{path}:{n}: expected a JSON string or object")
+            out.append(rec)
+    require(out, f"{path}: no prompts")
+    return out
+
+
+def run(args) -> int:
+    from dsl_jax import checkpoint
+    from dsl_jax.errors import require
+    from dsl_jax.sampling import DSL_SAMPLERS, generate, load_model
+    from dsl_jax.sampling.schedules import check_nfe
+    from dsl_jax.tokenizer import Tokenizer
+
+    # Everything that can fail on bad input, before loading the model.
+    check_nfe(args.nfe)
+    require(args.gen_length > 0, f"--gen-length must be positive, got {args.gen_length}")
+    require(args.batch_size is None or args.batch_size > 0,
+            f"--batch-size must be positive, got {args.batch_size}")
+    meta = checkpoint.read_meta(args.ckpt)
+    need_dsl = args.sampler in DSL_SAMPLERS
+    require(not need_dsl or meta.get("dsl") is not None,
+            f"{args.ckpt}: checkpoint has no DSL parameters (noise embedding and converter), "
+            f"which sampler {args.sampler} needs; use remask/random/eos_block or a DSL checkpoint")
+    tok = Tokenizer.from_file(args.tokenizer or os.path.join(args.ckpt, "tokenizer.json"))
+    texts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
+    prompts = [tok.prompt(t) for t in texts]
+
+    from dsl_jax.sharding import make_mesh, parse_mesh
+    mesh = make_mesh(parse_mesh(args.mesh))
+    model = load_model(args.ckpt, need_dsl, mesh=mesh)
+    ids = generate(model, prompts, sampler=args.sampler, nfe=args.nfe,
+                   gen_length=args.gen_length, seed=args.seed, batch_size=args.batch_size,
+                   mesh=mesh, snr_grid=args.snr_grid, temperature=args.temperature,
+                   progress=not args.no_progress)
+    outputs = [tok.decode(x) for x in ids]
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            for t, o, x in zip(texts, outputs, ids):
+                f.write(json.dumps({"prompt": t, "output": o, "token_ids": x,
+                                    "sampler": args.sampler, "nfe": args.nfe}) + "\n")
+    for i, o in enumerate(outputs):
+        if len(outputs) > 1:
+            print(f"[{i}] {o}")
+        else:
+            print(o)
+    if args.out:
+        print(f"wrote {len(outputs)} result(s) to {args.out}", file=sys.stderr)
+    return 0

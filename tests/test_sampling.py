@@ -1,0 +1,347 @@
+"""Samplers (DESIGN.md section 4): schedules, the Heun update against float64 numpy,
+oracle runs of DSL-SDE and remasking, forward-pass budgets, batch invariance, 8 devices,
+bad input, and the ``dsl-jax sample`` command."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsl_jax import config, dsl, sharding
+from dsl_jax.errors import UserError
+from dsl_jax.sampling import generate, load_model, schedules
+from dsl_jax.sampling.remask import remask_sample, sample_x0
+from dsl_jax.sampling.sde import heun_step, sde_sample, x_hat_from_logits
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def design_noise_scale(nfe):  # DESIGN.md: <=8: 0.1; <=16: 0.05; <=32: 0.01; else 0.005
+    return 0.1 if nfe <= 8 else 0.05 if nfe <= 16 else 0.01 if nfe <= 32 else 0.005
+
+
+@pytest.mark.parametrize("nfe", range(4, 129))
+def test_snr_grids_and_noise_scale_match_design(nfe):
+    n = nfe // 2
+    assert schedules.heun_steps(nfe) == n
+    assert schedules.forward_passes("sde", nfe) == 2 * n + 1
+    assert schedules.forward_passes("ode", nfe) == 2 * n + 1
+    assert schedules.forward_passes("remask", nfe) == nfe
+    assert schedules.noise_scale(nfe) == design_noise_scale(nfe)
+
+    grid = schedules.snr_grid("sensitive", n)
+    assert grid.shape == (n + 1,) and np.all(np.diff(grid) > 0)
+    n1, n2 = max(1, math.floor(0.05 * n)), max(1, math.floor(0.9 * n))
+    n3 = n - n1 - n2
+    # Breakpoints: 0.01 at 0, 7 after n1 steps, 74 after n1 + n2, s_max = 100 at the end.
+    expect = [(0, 0.01), (n1, 7.0), (n1 + n2, 74.0)] + ([(n, 100.0)] if n3 > 0 else [])
+    for i, v in expect:
+        assert grid[i] == pytest.approx(v, rel=1e-12)
+    # Log-spacing: constant ratio inside each segment.
+    for a, b in [(0, n1), (n1, n1 + n2)] + ([(n1 + n2, n)] if n3 > 0 else []):
+        ratios = grid[a + 1:b + 1] / grid[a:b]
+        np.testing.assert_allclose(ratios, ratios[0], rtol=1e-12)
+    lin = schedules.snr_grid("loglinear", n)
+    np.testing.assert_allclose(lin, 0.01 * (100 / 0.01) ** (np.arange(n + 1) / n), rtol=1e-12)
+
+
+def test_schedule_spot_values_and_small_n():
+    np.testing.assert_allclose(schedules.snr_grid("sensitive", 8)[[0, 1, 8]], [0.01, 7, 74])
+    g = schedules.snr_grid("sensitive", 32)  # n1 = 1, n2 = 28, n3 = 3
+    np.testing.assert_allclose(g[[0, 1, 29, 32]], [0.01, 7, 74, 100])
+    np.testing.assert_allclose(schedules.snr_grid("sensitive", 1), [0.01, 100])
+    assert [schedules.noise_scale(k) for k in (8, 9, 16, 17, 32, 33)] == [0.1, 0.05, 0.05, 0.01,
+                                                                          0.01, 0.005]
+
+
+def test_llada_transfer_counts_and_block_plan():
+    assert schedules.transfer_counts(10, 4).tolist() == [3, 3, 2, 2]
+    assert schedules.transfer_counts(3, 5).tolist() == [1, 1, 1, 0, 0]
+    counts, ends = schedules.block_plan(128, 16)
+    assert counts.tolist() == [8] * 16 and ends.tolist() == [128] * 16
+    counts, ends = schedules.block_plan(64, 5, 32)  # 5 steps over 2 blocks: 3 + 2
+    assert counts.tolist() == [11, 11, 10, 16, 16]
+    assert ends.tolist() == [32, 32, 32, 64, 64]
+    counts, ends = schedules.block_plan(40, 2, 32)  # a shorter last block
+    assert counts.tolist() == [32, 8] and ends.tolist() == [32, 40]
+    with pytest.raises(UserError, match="nfe 3 is below the number of blocks 4"):
+        schedules.block_plan(128, 3, 32)
+
+
+# ---------------------------------------------------------------- DSL-SDE numerics
+
+
+def test_heun_step_equals_float64_numpy():
+    r = np.random.default_rng(0)
+    B, G, d = 2, 5, 7
+    A = r.standard_normal((d, d)) * 0.5
+    b = r.standard_normal(d)
+    y = r.standard_normal((B, G, d))
+    xi = r.standard_normal((B, G, d))
+    s, s2, ns = 0.7, 2.3, 0.05
+
+    def x_hat_np(y, s):
+        return np.tanh(y @ A + s * b)
+
+    def x_hat_jx(y, s):
+        return jnp.tanh(y @ jnp.asarray(A, jnp.float32) + s * jnp.asarray(b, jnp.float32))
+
+    def ref(ode):  # DESIGN.md section 4, float64
+        k = 0.5 if ode else 1.0
+        nsx = 0.0 if ode else ns
+        dw = math.sqrt(abs(s2 - s)) * xi
+        f = k * (x_hat_np(y, s) - y) / s
+        g, g2 = nsx / s, nsx / s2
+        yt = y + f * (s2 - s) + g * dw
+        f2 = k * (x_hat_np(yt, s2) - yt) / s2
+        return y + (f + f2) / 2 * (s2 - s) + (g + g2) / 2 * dw
+
+    for ode in (False, True):
+        got = heun_step(x_hat_jx, jnp.asarray(y, jnp.float32), s, s2,
+                        jnp.asarray(xi, jnp.float32), ns, ode=ode)
+        np.testing.assert_allclose(np.asarray(got), ref(ode), rtol=2e-5, atol=2e-5)
+    assert np.max(np.abs(ref(False) - ref(True))) > 1e-2  # the two variants really differ
+
+
+def test_x_hat_is_top_k_posterior_mean():
+    r = np.random.default_rng(1)
+    V, d, k = 40, 6, 5
+    logits = r.standard_normal((3, V)) * 3
+    E = r.standard_normal((V, d))
+    got = np.asarray(x_hat_from_logits(jnp.asarray(logits, jnp.float32),
+                                       jnp.asarray(E, jnp.float32), top_k=k))
+    for i in range(3):
+        top = np.argsort(-logits[i])[:k]
+        p = np.exp(logits[i, top] - logits[i, top].max())
+        p /= p.sum()
+        np.testing.assert_allclose(got[i], p @ E[top], rtol=1e-5, atol=1e-6)
+
+
+def test_dsl_sde_with_oracle_denoiser_returns_target():
+    V, d, B, G = 512, 100, 3, 48
+    E = jnp.asarray(dsl.noise_embedding(V, d, 0))
+    target = jnp.asarray(np.random.default_rng(2).integers(0, V, (B, G)), jnp.int32)
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(B)])
+    oracle_x_hat = lambda y, s: E[target]  # noqa: E731  the true token's embedding
+    nearest = lambda z: z @ E.T  # noqa: E731  final pass: the Bayes posterior of a uniform prior
+    for nfe, ode in [(4, False), (16, False), (64, False), (16, True)]:
+        n = schedules.heun_steps(nfe)
+        out = sde_sample(oracle_x_hat, nearest, keys, schedules.snr_grid("sensitive", n),
+                         schedules.noise_scale(nfe), G, d, ode=ode)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(target))
+    # Without the denoiser's pull (x_hat = 0) the answer is not the target.
+    out = sde_sample(lambda y, s: jnp.zeros_like(y), nearest, keys,
+                     schedules.snr_grid("sensitive", 8), 0.05, G, d)
+    assert np.mean(np.asarray(out) == np.asarray(target)) < 0.1
+
+
+# ---------------------------------------------------------------- remasking oracle
+
+
+def simulate_remask(conf, target, counts, ends, V, mask_id):
+    """numpy LLaDA: commit the counts[i] most confident masked in-block positions;
+    the oracle's token at a step is (target + number already committed) % (V - 1)."""
+    B, G = target.shape
+    x = np.full((B, G), mask_id)
+    history = [x.copy()]
+    for c, e in zip(counts, ends):
+        new = x.copy()
+        for b in range(B):
+            shift = int(np.sum(x[b] != mask_id))
+            cand = [j for j in range(G) if x[b, j] == mask_id and j < e]
+            cand.sort(key=lambda j: -conf[b, j])
+            for j in cand[:c]:
+                new[b, j] = (target[b, j] + shift) % (V - 1)
+        x = new
+        history.append(x.copy())
+    return x, history
+
+
+@pytest.mark.parametrize("gen_length,nfe,block", [(20, 6, None), (64, 5, 32)])
+def test_remasking_commits_llada_counts_most_confident_first(gen_length, nfe, block):
+    V, B, mask_id = 50, 2, 49
+    r = np.random.default_rng(3)
+    target = r.integers(0, V - 1, (B, gen_length))
+    conf = r.permutation(B * gen_length).reshape(B, gen_length) / (B * gen_length) * 5 + 1
+    seen = []
+
+    def logits_fn(x):  # oracle: x0 depends on how many tokens are committed (to catch re-commits)
+        jax.debug.callback(lambda a: seen.append(np.asarray(a)), x)
+        shift = jnp.sum(x != mask_id, axis=1, keepdims=True)
+        tok = (jnp.asarray(target) + shift) % (V - 1)  # never the mask id
+        return jax.nn.one_hot(tok, V) * jnp.asarray(conf, jnp.float32)[..., None]
+
+    counts, ends = schedules.block_plan(gen_length, nfe, block)
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(B)])
+    out = np.asarray(jax.jit(lambda k: remask_sample(logits_fn, k, counts, ends, gen_length,
+                                                     mask_id))(keys))
+    want, history = simulate_remask(conf, target, counts, ends, V, mask_id)
+    np.testing.assert_array_equal(out, want)
+    assert len(seen) == nfe  # one forward pass per step
+    states = seen + [out]
+    for i in range(nfe):
+        before, after = states[i], states[i + 1]
+        np.testing.assert_array_equal(before, history[i])
+        newly = (before == mask_id) & (after != mask_id)
+        assert newly.sum(axis=1).tolist() == [counts[i]] * B  # LLaDA's count per step
+        kept = before != mask_id
+        np.testing.assert_array_equal(after[kept], before[kept])  # never re-masked or changed
+        assert not np.any(newly & (np.arange(gen_length) >= ends[i]))  # inside the block
+    assert not np.any(out == mask_id)
+
+
+def test_random_remasking_and_eos_suppression():
+    V, B, G, mask_id, eos = 30, 2, 16, 29, 1
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(B)])
+    logits = jnp.zeros((B, G, V)).at[..., eos].set(5.0).at[..., 7].set(4.0)
+    counts, ends = schedules.block_plan(G, 4)
+    seen = []
+
+    def logits_fn(x):
+        jax.debug.callback(lambda a: seen.append(np.asarray(a)), x)
+        return logits
+
+    out = np.asarray(remask_sample(logits_fn, keys, counts, ends, G, mask_id, "random"))
+    assert np.all(out == eos)  # EOS is the argmax
+    states = seen + [out]
+    for i in range(4):
+        newly = (states[i] == mask_id) & (states[i + 1] != mask_id)
+        assert newly.sum(axis=1).tolist() == [counts[i]] * B
+    # Random confidence: the order of commits differs between rows (own keys).
+    assert not np.array_equal(states[1][0] != mask_id, states[1][1] != mask_id)
+    out = np.asarray(remask_sample(lambda x: logits, keys, counts, ends, G, mask_id,
+                                   suppress_eos_id=eos))
+    assert np.all(out == 7)  # EOS suppressed: the next best token
+
+
+def test_gumbel_max_samples_softmax_of_logits_over_temperature():
+    logits = jnp.asarray([[1.0, 0.0, -1.0, 0.5]] * 40000)
+    for temp in (0.5, 1.0):
+        x = np.asarray(sample_x0(logits, jax.random.PRNGKey(0), temp))
+        freq = np.bincount(x, minlength=4) / len(x)
+        want = np.asarray(jax.nn.softmax(logits[0] / temp))
+        np.testing.assert_allclose(freq, want, atol=0.01)
+    assert np.all(np.asarray(sample_x0(logits, jax.random.PRNGKey(0), 0.0)) == 0)
+
+
+# ---------------------------------------------------------------- the real (tiny) model
+
+
+@pytest.fixture(scope="module")
+def tiny_dsl():
+    from dsl_jax.sharding import make_mesh
+    cfg = config.preset("tiny")
+    return dsl.create_dsl(cfg, dsl.DSLConfig(noise_dim=16), make_mesh(devices=jax.devices()[:1]))
+
+
+PROMPT_LENGTHS = (10, 40, 3, 25)
+
+
+def tiny_prompts():
+    r = np.random.default_rng(4)
+    return [r.integers(6, 512, n).tolist() for n in PROMPT_LENGTHS]
+
+
+@pytest.mark.parametrize("sampler", ["sde", "random"])
+def test_batch_invariance_and_eight_devices(tiny_dsl, sampler, mesh8):
+    prompts = tiny_prompts()
+    seeds = [11, 12, 13, 14]
+    batch = generate(tiny_dsl, prompts, sampler=sampler, nfe=4, gen_length=24, seeds=seeds)
+    assert len(batch) == 4 and all(len(o) == 24 for o in batch)
+    # Prompt 0 alone (a shorter bucket, a batch of one) gives the same tokens.
+    alone = generate(tiny_dsl, prompts[:1], sampler=sampler, nfe=4, gen_length=24, seeds=seeds[:1])
+    assert alone[0] == batch[0]
+    # Same seed via (seed, index): a later prompt in a smaller batch with dummy rows.
+    by_index = generate(tiny_dsl, prompts, sampler=sampler, nfe=4, gen_length=24, seed=5)
+    in_pairs = generate(tiny_dsl, prompts, sampler=sampler, nfe=4, gen_length=24, seed=5,
+                        batch_size=3)
+    assert in_pairs == by_index
+    assert by_index != batch  # the seed matters
+    # 8 fake devices (batch over fsdp=4, parameters over fsdp x tensor) give the same output.
+    on8 = generate(tiny_dsl, prompts, sampler=sampler, nfe=4, gen_length=24, seeds=seeds,
+                   mesh=mesh8)
+    assert on8 == batch
+
+
+def test_forward_passes_are_exactly_the_budget(tiny_dsl, monkeypatch):
+    from dsl_jax import model as model_mod
+    from dsl_jax import sampling
+
+    calls = []
+    original = model_mod.LLaDA.hidden_states
+
+    def counted(self, x, *a, **k):
+        jax.debug.callback(lambda: calls.append(1))
+        return original(self, x, *a, **k)
+
+    monkeypatch.setattr(model_mod.LLaDA, "hidden_states", counted)
+    monkeypatch.setattr(sampling, "_JIT_CACHE", {})
+    prompts = tiny_prompts()[:2]
+    for sampler, nfe, want in [("sde", 5, 5), ("ode", 4, 5), ("remask", 3, 3),
+                               ("eos_block", 3, 3)]:
+        calls.clear()
+        out = generate(tiny_dsl, prompts, sampler=sampler, nfe=nfe, gen_length=40,
+                       batch_size=2)
+        assert len(calls) == want == schedules.forward_passes(sampler, nfe), sampler
+        assert len(out) == 2
+
+
+def test_bad_input_one_line_errors(tiny_dsl):
+    p = [[6, 7, 8]]
+    with pytest.raises(UserError, match=r"nfe must be an integer >= 2"):
+        generate(tiny_dsl, p, sampler="sde", nfe=1, gen_length=8)
+    with pytest.raises(UserError, match="gen_length must be a positive integer, got 0"):
+        generate(tiny_dsl, p, sampler="remask", nfe=4, gen_length=0)
+    with pytest.raises(UserError, match="250 prompt tokens \\+ gen_length 8 exceed the model's "
+                                        "maximum sequence length 256"):
+        generate(tiny_dsl, [[6] * 250], sampler="sde", nfe=4, gen_length=8)
+    with pytest.raises(UserError, match="needs a model with DSL parameters"):
+        generate(tiny_dsl.llada, p, sampler="sde", nfe=4, gen_length=8)
+    with pytest.raises(UserError, match="sampler must be one of"):
+        generate(tiny_dsl, p, sampler="greedy", nfe=4, gen_length=8)
+    with pytest.raises(UserError, match="token id 512 is out of range"):
+        generate(tiny_dsl, [[6, 512]], sampler="remask", nfe=4, gen_length=8)
+    with pytest.raises(UserError, match="nfe 2 is below the number of blocks 3"):
+        generate(tiny_dsl, p, sampler="eos_block", nfe=2, gen_length=70)
+
+
+def test_sample_command_end_to_end(tiny_dsl, tmp_path, capsys):
+    from dsl_jax import checkpoint, tokenizer
+    from dsl_jax.cli import main
+
+    dsl_ckpt, plain = str(tmp_path / "dsl"), str(tmp_path / "plain")
+    checkpoint.save_model(dsl_ckpt, tiny_dsl)
+    checkpoint.save_model(plain, tiny_dsl.llada)
+    texts = ["the quick brown fox jumps over the lazy dog"] * 20 + ["summaries are short"] * 20
+    tokenizer.train_small(texts, vocab_size=512, path=str(tmp_path / "dsl" / "tokenizer.json"))
+    assert type(load_model(dsl_ckpt, need_dsl=True)).__name__ == "DSLModel"
+    assert type(load_model(plain, need_dsl=False)).__name__ == "LLaDA"
+    with pytest.raises(UserError, match="no DSL parameters"):
+        load_model(plain, need_dsl=True)
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "the fox"}) + "\n" + json.dumps("a dog") + "\n")
+    out = tmp_path / "out.jsonl"
+    rc = main(["sample", "--ckpt", dsl_ckpt, "--sampler", "sde", "--nfe", "4", "--gen-length",
+               "16", "--prompts-file", str(prompts), "--out", str(out), "--no-progress",
+               "--mesh", "fsdp=1,data=-1"])
+    assert rc == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["the fox", "a dog"]
+    assert all(len(r["token_ids"]) == 16 and isinstance(r["output"], str) for r in rows)
+    tok = tokenizer.Tokenizer.from_file(dsl_ckpt)
+    assert rows[0]["output"] == tok.decode(rows[0]["token_ids"])
+
+    capsys.readouterr()
+    rc = main(["sample", "--ckpt", plain, "--tokenizer", dsl_ckpt, "--sampler", "sde",
+               "--prompt", "hi"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "has no DSL parameters" in err
+    for bad, msg in [(["--nfe", "1"], "nfe must be"), (["--gen-length", "0"], "--gen-length")]:
+        rc = main(["sample", "--ckpt", dsl_ckpt, "--prompt", "hi", *bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and msg in err
