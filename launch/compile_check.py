@@ -1,0 +1,528 @@
+"""``dsl-jax compile-check``: compile ahead of time for a TPU topology, on a machine
+without TPUs, and report memory per chip, the compiler's FLOPs and time estimate,
+and the estimated MFU. Exits 1 when the program does not fit in the chip's HBM.
+
+    dsl-jax compile-check --what forward --model llada-8b --topology v5p-16 --batch 8 --length 4096
+    dsl-jax compile-check --config configs/dsl_llada_8b.py --topology v5p-32 [--config.KEY=VALUE ...]
+
+Needs libtpu (``pip install -e .[tpu]``): ``jax.experimental.topologies`` builds
+compile-only devices of the topology, the mesh is laid on them, and
+``jax.jit(...).lower(abstract arguments).compile()`` runs the real TPU compiler.
+Nothing is allocated: parameters, optimizer state and batches are abstract.
+
+Topology names: ``GEN-N`` as Cloud TPU names slices, or a raw libtpu name ``GEN:AxBxC``.
+  v4-N, v5p-N   N counts TensorCores, 2 per chip: v5p-8 = 4 chips (2x2x1), v5p-16 = 8 chips
+                (2x2x2), v5p-32 = 16 chips (2x2x4), v4-32 = 16 chips (2x2x4), ...
+  v5e-N (or v5litepod-N), v6e-N   N counts chips: v5e-8 = 2x4, v6e-16 = 4x4, ...
+  raw           v5p:2x2x4, v4:2x2x2, v5e:4x4, v6e:2x4 (v4 runs in megacore mode,
+                one device per chip, as Cloud TPU v4 slices do).
+Per chip: HBM v4 32 GiB, v5e 16 GiB, v5p 95 GiB, v6e 32 GiB; peak bf16 FLOP/s v4 275e12,
+v5e 197e12, v5p 459e12, v6e 918e12.
+
+FLOPs and time. XLA's cost model counts the body of every loop once, and the model
+scans its layers (and the train step scans micro-batches and loss chunks), so its
+raw ``flops``/``optimal_seconds`` cover one layer, not 32. compile-check counts the
+program's matmul FLOPs from its jaxpr twice, with loop trip counts and with each
+loop body once; the ratio (the "loop factor") scales the compiler's figures into a
+step estimate. Model FLOPs (for MFU) are the usual analytic count: 2 (forward) or 6
+(trained) x matmul parameters x tokens, plus attention, frozen weights at 4 (forward
+and input gradient), no rematerialisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+
+from dsl_jax.errors import UserError, require
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    name: str  # user-facing prefix
+    libtpu: str  # the name libtpu's topology parser takes
+    hbm_bytes: int  # per chip
+    peak_flops: float  # bf16 FLOP/s per chip
+    suffix_counts: str  # "cores" (2 per chip) or "chips"
+    dims: int  # torus dimensions
+    kwargs: tuple = ()  # extra get_topology_desc options
+
+
+GENERATIONS: dict[str, Generation] = {
+    "v4": Generation("v4", "v4", 32 * GiB, 275e12, "cores", 3, (("chip_config_name", "megacore"),)),
+    "v5p": Generation("v5p", "v5p", 95 * GiB, 459e12, "cores", 3),
+    "v5e": Generation("v5e", "v5e", 16 * GiB, 197e12, "chips", 2),
+    "v6e": Generation("v6e", "v6e", 32 * GiB, 918e12, "chips", 2),
+}
+ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6litepod": "v6e", "v6lite": "v6e"}
+
+# chips -> torus shape of the standard slices.
+SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
+             128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16),
+             2048: (8, 16, 16), 4096: (16, 16, 16)}
+SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8),
+             128: (8, 16), 256: (16, 16)}
+
+ACCEPTED = ("GEN-N with GEN one of v4, v5p (N = TensorCores = 2 x chips: 8, 16, 32, ... 8192), "
+            "v5e/v5litepod, v6e (N = chips: 1, 4, 8, 16, ... 256); or a raw libtpu name "
+            "such as v5p:2x2x4, v4:2x2x2, v5e:4x4, v6e:2x4")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # as the user gave it
+    generation: Generation
+    shape: tuple[int, ...]
+    suffix: str = ""  # _twisted / _untwisted
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def libtpu_name(self) -> str:
+        return f"{self.generation.libtpu}:{'x'.join(map(str, self.shape))}{self.suffix}"
+
+    @property
+    def slice_name(self) -> str:
+        g = self.generation
+        n = self.chips * (2 if g.suffix_counts == "cores" else 1)
+        return f"{g.name}-{n}"
+
+    def kwargs(self) -> dict:
+        kw = dict(self.generation.kwargs)
+        padded = tuple(self.shape) + (1,) * (3 - len(self.shape))
+        if padded[0] % 2 or padded[1] % 2:  # smaller than libtpu's default 2x2x1 host
+            kw["chips_per_host_bounds"] = list(padded)
+        return kw
+
+
+def parse_topology(name: str) -> Topology:
+    """``v5p-32`` / ``v4-32`` / ``v5e-16`` / ``v6e-8`` or raw ``v5p:2x2x4``."""
+    text = name.strip().lower()
+    unknown = f"unknown TPU topology {name!r}; use {ACCEPTED}"
+    m = re.fullmatch(r"([a-z0-9]+)-(\d+)", text)
+    if m:
+        gen = GENERATIONS.get(ALIASES.get(m.group(1), m.group(1)))
+        require(gen is not None, unknown)
+        n = int(m.group(2))
+        if gen.suffix_counts == "cores":
+            require(n % 2 == 0 and n // 2 in SHAPES_3D,
+                    f"{name}: {gen.name}-N counts TensorCores (2 per chip); N must be one of "
+                    f"{', '.join(str(2 * c) for c in SHAPES_3D)} (or give a raw name such as "
+                    f"{gen.libtpu}:2x2x4)")
+            return Topology(name, gen, SHAPES_3D[n // 2])
+        require(n in SHAPES_2D, f"{name}: {gen.name}-N counts chips; N must be one of "
+                                f"{', '.join(map(str, SHAPES_2D))} (or give a raw name such as "
+                                f"{gen.libtpu}:4x4)")
+        return Topology(name, gen, SHAPES_2D[n])
+    m = re.fullmatch(r"([a-z0-9]+)[:=_](\d+(?:x\d+)*)(_twisted|_untwisted)?", text)
+    require(m is not None, unknown)
+    gen = GENERATIONS.get(ALIASES.get(m.group(1), m.group(1)))
+    require(gen is not None, unknown)
+    shape = tuple(int(x) for x in m.group(2).split("x"))
+    require(len(shape) in (gen.dims, 2) and len(shape) <= gen.dims and all(s > 0 for s in shape),
+            f"{name}: a {gen.name} topology has {gen.dims} dimensions, e.g. "
+            f"{gen.libtpu}:{'x'.join(['2'] * gen.dims)}")
+    return Topology(name, gen, shape, m.group(3) or "")
+
+
+def _on_tpu_host() -> bool:
+    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
+
+
+@contextlib.contextmanager
+def _quiet_libtpu(topology: Topology):
+    """Off a TPU VM, libtpu's first load queries the GCE metadata server and warns about
+    the missing accelerator type and worker names. Give it harmless single-host values
+    (restored afterwards) so that a compile-only topology loads silently."""
+    if _on_tpu_host():
+        yield
+        return
+    values = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": topology.slice_name,
+              "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def topology_devices(topology: Topology) -> list:
+    """Compile-only devices of ``topology`` (needs libtpu)."""
+    import jax
+    from jax.experimental import topologies
+
+    with _quiet_libtpu(topology):
+        try:
+            desc = topologies.get_topology_desc(topology_name=topology.libtpu_name, platform="tpu",
+                                                **topology.kwargs())
+        except RuntimeError as e:
+            if "not installed" in str(e) or "cannot generate TPU topology" in str(e):
+                raise UserError("compile-check needs libtpu: pip install -e '.[tpu]' "
+                                "(jax[tpu]==0.10.2)") from None
+            raise UserError(f"topology {topology.libtpu_name}: {str(e).splitlines()[0]}") from None
+        except jax.errors.JaxRuntimeError as e:
+            raise UserError(f"topology {topology.libtpu_name} ({topology.name}): "
+                            f"{str(e).splitlines()[0]}") from None
+    devices = list(desc.devices)
+    require(len(devices) == topology.chips,
+            f"topology {topology.libtpu_name}: libtpu gave {len(devices)} devices for "
+            f"{topology.chips} chips")
+    return devices
+
+
+# ---- FLOPs -------------------------------------------------------------------------
+
+def _subjaxprs(value):
+    from jax.extend import core as jcore
+
+    if isinstance(value, jcore.ClosedJaxpr):
+        yield value.jaxpr
+    elif isinstance(value, jcore.Jaxpr):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _subjaxprs(v)
+
+
+def jaxpr_matmul_flops(jaxpr) -> tuple[float, float, list[int]]:
+    """(FLOPs with loop trip counts, FLOPs with each loop body once, trip counts seen)
+    of the dot_general ops in ``jaxpr`` (a Jaxpr or ClosedJaxpr), recursively."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    full = once = 0.0
+    trips: list[int] = []
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            f = 2.0 * math.prod(out) * math.prod(lhs[d] for d in lc)
+            full += f
+            once += f
+            continue
+        subs = [j for v in eqn.params.values() for j in _subjaxprs(v)]
+        if not subs:
+            continue
+        counts = [jaxpr_matmul_flops(j) for j in subs]
+        if name == "cond":
+            full += max(c[0] for c in counts)
+            once += max(c[1] for c in counts)
+            for c in counts:
+                trips += c[2]
+            continue
+        mult = 1
+        if name == "scan":
+            mult = int(eqn.params["length"])
+            trips.append(mult)
+        for c in counts:
+            full += mult * c[0]
+            once += c[1]
+            trips += c[2]
+    return full, once, trips
+
+
+def forward_model_flops(mc, tokens: int, length: int) -> float:
+    """Analytic forward FLOPs: 2 x matmul parameters x tokens + attention (bidirectional)."""
+    d, f, v, L = mc.d_model, mc.mlp_hidden_size, mc.vocab_size, mc.n_layers
+    kv = mc.n_kv_heads * mc.head_dim
+    layer = 2 * d * d + 2 * d * kv + 3 * d * f
+    per_token = 2 * L * layer + 4 * L * length * d + 2 * d * v
+    return float(per_token) * tokens
+
+
+def train_model_flops(mc, tokens: int, length: int, objective: str, noise_dim: int = 0) -> float:
+    """Analytic train-step FLOPs: trained matmuls x6, frozen ones x4 (forward + input
+    gradient), attention x3; DSL: converter W x6 and z K^T forward; MDM: head trained."""
+    d, f, v, L = mc.d_model, mc.mlp_hidden_size, mc.vocab_size, mc.n_layers
+    kv = mc.n_kv_heads * mc.head_dim
+    layer = 2 * d * d + 2 * d * kv + 3 * d * f
+    per_token = 6 * L * layer + 12 * L * length * d
+    if objective == "dsl":
+        per_token += 4 * d * v + 6 * d * (v + 1) + 2 * noise_dim * (v + 1)
+    else:
+        per_token += 6 * d * v
+    return float(per_token) * tokens
+
+
+# ---- the check -----------------------------------------------------------------------
+
+def register(sub):
+    from dsl_jax import configlib
+
+    p = sub.add_parser(
+        "compile-check", help="compile ahead of time for a TPU topology; memory per chip",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topology", default="v5p-16",
+                   help="TPU slice, e.g. v5p-32, v4-32, v5e-16, v6e-8, or raw v5p:2x2x4 (default v5p-16)")
+    p.add_argument("--what", choices=["forward", "train"], default=None,
+                   help="what to compile: the model's forward pass, or the training step of "
+                        "--config (default: train when --config is given, else forward)")
+    configlib.add_config_arguments(p, default="", example="--config.global_batch=32")
+    p.add_argument("--model", default="llada-8b",
+                   help="forward: preset (tiny, small, 1b, llada-8b) or config.json (default llada-8b)")
+    p.add_argument("--batch", type=int, default=8, help="forward: sequences (default 8)")
+    p.add_argument("--length", type=int, default=None,
+                   help="forward: sequence length (default: the model's maximum, at most 4096)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="forward: compute dtype (default: the model's)")
+    p.add_argument("--param-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="forward: parameter dtype (default: the model's, float32)")
+    p.add_argument("--mesh", default=None,
+                   help="mesh over the topology's chips, e.g. 'fsdp=8,tensor=2' "
+                        "(default: the config's mesh; forward: all on fsdp)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE")
+    p.set_defaults(func=run)
+
+
+def _use_cpu_host():
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_platforms", "cpu")
+
+
+def _stage(bar, text):
+    if bar is not None:
+        bar.set_description(text)
+        bar.update(1)
+
+
+def _oom_line(err: Exception) -> str | None:
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+        return None
+    for line in text.splitlines():
+        line = line.strip()
+        if "out of memory" in line.lower() or "RESOURCE_EXHAUSTED" in line:
+            return re.sub(r"^.*?RESOURCE_EXHAUSTED:\s*", "", line)
+    return text.splitlines()[0]
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    topology = parse_topology(args.topology)
+    what = args.what or ("train" if args.config else "forward")
+    if what == "train":
+        require(bool(args.config), "--what train needs --config CONFIG (e.g. configs/dsl_llada_8b.py)")
+    else:
+        require(not args.config_overrides or args.config,
+                "--config.KEY=VALUE overrides need --config (train mode)")
+        require(args.batch > 0, f"--batch must be positive, got {args.batch}")
+        require(args.length is None or args.length > 0, f"--length must be positive, got {args.length}")
+    _use_cpu_host()
+    import jax
+
+    bar = tqdm(total=4, desc="topology", file=sys.stderr, leave=False, disable=None)
+    try:
+        devices = topology_devices(topology)
+        _stage(bar, "abstract state")
+        if what == "forward":
+            traced, info = _trace_forward(args, devices)
+        else:
+            traced, info = _trace_train(args, devices)
+        _stage(bar, "lower")
+        t0 = time.perf_counter()
+        with jax.set_mesh(info["mesh"]):
+            lowered = traced.lower()
+        _stage(bar, f"compile for {topology.libtpu_name}")
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # the TPU compiler refuses programs that exceed HBM
+            line = _oom_line(e)
+            if line is None:
+                raise
+            bar.close()
+            print(f"dsl-jax compile-check: does not fit on {topology.name} "
+                  f"({topology.generation.hbm_bytes / GiB:.0f} GiB HBM per chip): {line}",
+                  file=sys.stderr)
+            _write_json(args.json, {"topology": topology.name, "fits": False, "error": line})
+            return 1
+        compile_s = time.perf_counter() - t0
+        _stage(bar, "done")
+    finally:
+        bar.close()
+    figures = analyse(compiled, traced, topology, info, compile_s)
+    report(figures)
+    _write_json(args.json, figures)
+    if not figures["fits"]:
+        print(f"dsl-jax compile-check: does not fit: {figures['memory']['total'] / GiB:.2f} GiB per "
+              f"chip > {figures['hbm_bytes'] / GiB:.0f} GiB HBM on {topology.name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mesh(spec: str, devices):
+    from dsl_jax import sharding
+    return sharding.make_mesh(sharding.parse_mesh(spec), devices=devices)
+
+
+def _trace_forward(args, devices):
+    import jax
+    import jax.numpy as jnp
+
+    from dsl_jax import config, model, sharding
+
+    run_fields = {k: v for k, v in (("dtype", args.dtype), ("param_dtype", args.param_dtype)) if v}
+    mc = config.resolve(args.model, **run_fields)
+    length = args.length or min(mc.max_sequence_length, 4096)
+    model.check_length(length, mc)
+    mesh = _mesh(args.mesh or "fsdp=-1", devices)
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    n_batch = sizes["data"] * sizes["fsdp"]
+    require(args.batch % n_batch == 0,
+            f"--batch {args.batch} does not divide over the mesh's batch axes "
+            f"(data x fsdp = {n_batch} chips); use a multiple of {n_batch}")
+    graphdef, state = sharding.abstract_with_shardings(model.build(mc), mesh)
+    ids = jax.ShapeDtypeStruct((args.batch, length), jnp.int32,
+                               sharding=sharding.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        traced = jax.jit(model.forward_fn(graphdef)).trace(state, ids)
+    tokens = args.batch * length
+    return traced, dict(
+        what="forward", mesh=mesh, model=args.model, model_cfg=mc, tokens=tokens,
+        shape=f"batch {args.batch} x {length}",
+        model_flops=forward_model_flops(mc, tokens, length),
+        flops_formula="2 x matmul params x tokens + attention")
+
+
+def _trace_train(args, devices):
+    import jax
+
+    from dsl_jax import configlib
+    from dsl_jax.train.step import build_train_step
+
+    cfg = configlib.from_args(args)
+    mesh = _mesh(args.mesh or cfg.get("mesh", "fsdp=-1") or "fsdp=-1", devices)
+    setup = build_train_step(cfg, mesh)
+    with jax.set_mesh(mesh):
+        traced = setup.step.trace(*setup.abstract_args())
+    mc = setup.model_cfg
+    M, rows, length = setup.batch_shape
+    tokens = setup.tokens_per_step
+    objective = cfg.objective
+    noise_dim = setup.dsl_cfg.noise_dim if setup.dsl_cfg is not None else 0
+    return traced, dict(
+        what="train", mesh=mesh, model=cfg.get("model") or cfg.get("init_ckpt"),
+        config=args.config, overrides=list(args.config_overrides), objective=objective,
+        model_cfg=mc, tokens=tokens,
+        shape=f"global batch {M * rows} x {length} ({M} micro-batch{'es' if M > 1 else ''})",
+        model_flops=train_model_flops(mc, tokens, length, objective, noise_dim),
+        flops_formula="6 x trained matmul params x tokens + 4 x frozen + attention x3")
+
+
+def _cost(compiled) -> dict:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return dict(ca or {})
+
+
+def analyse(compiled, traced, topology: Topology, info: dict, compile_s: float) -> dict:
+    ma = compiled.memory_analysis()
+    mem = {
+        "arguments": int(ma.argument_size_in_bytes),
+        "outputs": int(ma.output_size_in_bytes),
+        "aliased": int(ma.alias_size_in_bytes),
+        "temporaries": int(ma.temp_size_in_bytes),
+        "generated_code": int(ma.generated_code_size_in_bytes),
+    }
+    mem["total"] = (mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"]
+                    + mem["generated_code"])
+    peak = getattr(ma, "peak_memory_in_bytes", None)
+    if peak:
+        mem["peak_reported"] = int(peak)
+    cost = _cost(compiled)
+    chips = topology.chips
+    gen = topology.generation
+    full, once, trips = jaxpr_matmul_flops(traced.jaxpr)
+    loop_factor = full / once if once else 1.0
+    c_flops = float(cost.get("flops", 0.0))
+    c_seconds = float(cost.get("optimal_seconds", 0.0))
+    step_s = c_seconds * loop_factor
+    mc = info["model_cfg"]
+    mesh = info["mesh"]
+    mfu = info["model_flops"] / (chips * gen.peak_flops * step_s) if step_s > 0 else None
+    return {
+        "what": info["what"], "topology": topology.name, "libtpu_topology": topology.libtpu_name,
+        "slice": topology.slice_name, "chips": chips, "device_kind": gen.name,
+        "hbm_bytes": gen.hbm_bytes, "peak_flops_per_chip": gen.peak_flops,
+        "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.axis_sizes))),
+        "model": info.get("model"), "config": info.get("config"),
+        "overrides": info.get("overrides"), "objective": info.get("objective"),
+        "params": mc.num_params(), "shape": info["shape"], "tokens_per_step": info["tokens"],
+        "compile_seconds": round(compile_s, 2), "memory": mem,
+        "fits": mem["total"] <= gen.hbm_bytes,
+        "compiler": {"flops": c_flops, "optimal_seconds": c_seconds,
+                     "bytes_accessed": float(cost.get("bytes accessed", 0.0))},
+        "jaxpr_matmul_flops": {"with_trip_counts": full, "loop_bodies_once": once,
+                               "loop_trip_counts": sorted(set(trips))},
+        "loop_factor": loop_factor,
+        # XLA's flops for a bf16 program on megacore chips came out at about half the jaxpr
+        # count of the same (loop-once) program: kept for reference, not used.
+        "compiler_flops_x_chips_over_jaxpr_once": c_flops * chips / once if once else None,
+        "estimate": {"matmul_flops_per_chip": full / chips, "step_seconds": step_s},
+        "model_flops": info["model_flops"], "model_flops_formula": info["flops_formula"],
+        "mfu": mfu,
+    }
+
+
+def _gib(x: float) -> str:
+    if x >= GiB / 10:
+        return f"{x / GiB:8.2f} GiB"
+    return f"{x / 2 ** 20:8.2f} MiB"
+
+
+def report(f: dict) -> None:
+    mem, hbm = f["memory"], f["hbm_bytes"]
+    mesh = " ".join(f"{k}={v}" for k, v in f["mesh"].items())
+    head = f"{f['what']} of {f['model']}" + (f" ({f['objective']}, {f['config']})" if f["config"] else "")
+    print(f"compile-check: {head}, {f['params'] / 1e9:.2f}B params, {f['shape']}")
+    print(f"topology: {f['topology']} = {f['libtpu_topology']} ({f['chips']} chips), mesh {mesh}; "
+          f"compiled in {f['compile_seconds']:.1f} s")
+    print(f"memory per chip (HBM {hbm / GiB:.0f} GiB):")
+    print(f"  arguments      {_gib(mem['arguments'])}")
+    print(f"  outputs        {_gib(mem['outputs'])}" +
+          (f"  ({mem['aliased'] / GiB:.2f} GiB aliased to donated arguments)" if mem["aliased"] else ""))
+    print(f"  temporaries    {_gib(mem['temporaries'])}")
+    print(f"  generated code {_gib(mem['generated_code'])}")
+    verdict = "fits" if f["fits"] else "DOES NOT FIT"
+    print(f"  total          {_gib(mem['total'])}  = {100 * mem['total'] / hbm:.1f}% of HBM: {verdict}")
+    c = f["compiler"]
+    print(f"compiler per chip (XLA cost model, loop bodies counted once): {c['flops']:.3e} FLOPs, "
+          f"optimal {c['optimal_seconds'] * 1e3:.2f} ms")
+    e = f["estimate"]
+    trips = f["jaxpr_matmul_flops"]["loop_trip_counts"]
+    print(f"program per chip: {e['matmul_flops_per_chip']:.3e} matmul FLOPs (jaxpr, loop trip "
+          f"counts {trips}); step estimate {e['step_seconds'] * 1e3:.1f} ms = optimal x loop factor "
+          f"{f['loop_factor']:.2f}")
+    mfu = f"{100 * f['mfu']:.1f}%" if f["mfu"] is not None else "n/a"
+    print(f"model FLOPs per step {f['model_flops']:.3e} ({f['model_flops_formula']}); "
+          f"estimated MFU {mfu} at {f['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip "
+          f"(an upper bound: optimal_seconds is the compiler's best case)")
+
+
+def _write_json(path: str | None, data: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2)
