@@ -10,14 +10,14 @@ import time
 
 def prepare_tfds(benchmark: str, data_dir: str, splits: dict, version: str = "1.0.0") -> str:
     """Write ``splits`` ({split: [example dict]}) as a prepared TFDS dataset in ``data_dir``
-    with the real builder's features and name (``xsum`` or ``aeslc``), using TFDS's own
+    with the real builder's features and name (``xsum`` or ``cnn_dailymail``), using TFDS's own
     preparation (``download_and_prepare``, nothing downloaded). Returns the version dir."""
     import tensorflow_datasets as tfds
 
     if benchmark == "xsum":
         from tensorflow_datasets.summarization.xsum import Xsum as Real
-    elif benchmark == "aeslc":
-        from tensorflow_datasets.datasets.aeslc.aeslc_dataset_builder import Builder as Real
+    elif benchmark == "cnn_dailymail":
+        from tensorflow_datasets.summarization.cnn_dailymail import CnnDailymail as Real
     else:
         raise ValueError(benchmark)
 
@@ -57,33 +57,37 @@ def xsum_rows(n: int = 30) -> list[dict]:
     return rows
 
 
-def aeslc_rows(n: int = 16) -> list[dict]:
-    return [{"email_body": f"Hello team, the meeting {i} moves to room {i + 3}. Thanks.",
-             "subject_line": f"meeting {i} room"} for i in range(n)]
+def cnn_rows(n: int = 16) -> list[dict]:
+    return [{"article": f"(CNN) The council met on day {i}. It voted to build room {i + 3}. "
+                        "Residents welcomed the news.",
+             "highlights": f"Council votes for room {i + 3}.\nResidents welcome it.",
+             "publisher": "cnn", "id": f"id{i}"} for i in range(n)]
 
 
 def make_tokenizer(path: str):
     from dsl_jax import demo_data
     from dsl_jax.tokenizer import train_small
     texts = demo_data.tokenizer_corpus()[:400] + [r["document"][:300] for r in xsum_rows(12)]
-    texts += [r["email_body"] for r in aeslc_rows(4)] + ["Summarize the following legislation:"]
+    texts += [r["article"] for r in cnn_rows(4)] + ["Summarize the following legislation:"]
     return train_small(texts, vocab_size=512, path=path)
 
 
 # ---- a fake generator for sweeps -----------------------------------------------------
 
-def fake_outputs(prompt, sampler: str, nfe: int, gen_length: int, seed: int, eos: int) -> list[int]:
-    """Deterministic pseudo-summaries from a prompt's own tokens: length grows with NFE,
-    ``remask`` repeats tokens, some outputs are empty."""
-    body = list(prompt[6:-6]) or [eos]
+def fake_outputs(prompt, sampler: str, nfe: int, gen_length: int, seed: int, tok) -> list[int]:
+    """Deterministic pseudo-summaries made of words of the prompt's source: length grows
+    with NFE, ``remask`` says every word twice, some outputs are empty (all EOS)."""
     if (seed + len(prompt)) % 9 == 0:
-        return [eos] * gen_length
-    start = (seed % 7) % max(1, len(body))
-    out = body[start:start + 2 + nfe // 2 + seed % 3]
+        return [tok.eos_id] * gen_length
+    text = tok.decode(prompt)
+    source = text.split(":\n\n", 1)[-1].rsplit("assistant", 1)[0]
+    words = source.split()
+    start = seed % max(1, len(words) // 2)
+    out = words[start:start + 3 + nfe + seed % 3]
     if sampler == "remask":
-        out = [t for t in out for _ in (0, 1)]
-    out = out[:gen_length]
-    return out + [eos] * (gen_length - len(out))
+        out = [w for w in out for _ in (0, 1)]
+    ids = tok.encode(" ".join(out))[:gen_length]
+    return ids + [tok.eos_id] * (gen_length - len(ids))
 
 
 def fake_factory(settings, tok):
@@ -96,9 +100,10 @@ def fake_factory(settings, tok):
         if log:
             with open(log, "a") as f:
                 f.write(json.dumps({"sampler": sampler, "nfe": nfe, "n": len(prompts),
+                                    "gen_length": gen_length,
                                     "seed": seed, "lengths": [len(p) for p in prompts]}) + "\n")
         if sleep:
             time.sleep(sleep)
-        return [fake_outputs(p, sampler, nfe, gen_length, seed, tok.eos_id) for p in prompts]
+        return [fake_outputs(p, sampler, nfe, gen_length, seed, tok) for p in prompts]
 
     return generate

@@ -123,6 +123,9 @@ def plot_all(out_dir: str, cells: Sequence, rows: dict) -> None:
                     ax.plot([p[0] for p in pts], [p[1] * scale for p in pts], marker="o",
                             label=SAMPLER_NAMES.get(s, s))
             ax.set_xscale("log", base=2)
+            nfes = sorted({c.nfe for c in cells if c.bench.key == b.key})
+            ax.set_xticks(nfes, [str(n) for n in nfes])
+            ax.minorticks_off()
             ax.set_title(b.display)
             ax.set_xlabel("NFE")
             ax.set_ylabel(ylabel)

@@ -1,0 +1,219 @@
+"""``dsl-jax eval``: a sweep run as a subprocess, killed with SIGKILL midway, started
+again, ends with exactly the tables of an uninterrupted run; reports; bad input is one
+error line before any sampling."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+import eval_fixtures as F  # noqa: E402
+
+GENERATOR = "tests.eval_fixtures:fake_factory"
+N, BATCH = 12, 4
+CELLS = [(b, s, n) for b in ("xsum", "cnn_dailymail") for s in ("remask", "eos_block") for n in (4, 8)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    data_dir = str(root / "data")
+    F.prepare_tfds("xsum", data_dir, {"test": F.xsum_rows(30)})
+    F.prepare_tfds("cnn_dailymail", data_dir, {"test": F.cnn_rows(16)}, version="3.0.0")
+    train_only = str(root / "train_only")
+    F.prepare_tfds("xsum", train_only, {"train": F.xsum_rows(4)})
+    tok = str(root / "tokenizer.json")
+    F.make_tokenizer(tok)
+    return {"root": root, "data_dir": data_dir, "train_only": train_only, "tok": tok}
+
+
+def overrides(world, out_dir, **extra):
+    o = {"tokenizer": world["tok"], "data_dir": world["data_dir"], "benchmarks": "xsum,cnn_dailymail",
+         "samplers": "remask,eos_block", "nfe": "4,8", "num_examples": N, "batch_size": BATCH,
+         "out_dir": str(out_dir), "generator": GENERATOR, **extra}
+    return [f"--config.{k}={v}" for k, v in o.items()]
+
+
+def command():
+    exe = shutil.which("dsl-jax", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "dsl_jax.cli"]
+
+
+def env(**extra):
+    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    e.pop("XLA_FLAGS", None)
+    e.update(extra)
+    return e
+
+
+def host_lines(out_dir):
+    counts = {}
+    for b, s, n in CELLS:
+        d = os.path.join(out_dir, "cells", b, f"{s}-nfe{n}")
+        path = os.path.join(d, "host00000.jsonl")
+        done = os.path.isfile(os.path.join(d, "cell.json"))
+        lines = 0
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                lines = f.read().count(b"\n")
+        counts[(b, s, n)] = (lines, done)
+    return counts
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_killed_sweep_resumes_to_identical_tables(world, tmp_path):
+    from dsl_jax.configlib import load_config
+    from dsl_jax.evaluation import metrics as M
+    from dsl_jax.evaluation.sweep import Settings, run_sweep
+
+    # Uninterrupted reference, in this process.
+    ref = tmp_path / "ref"
+    cfg = load_config("eval_summarization", [o[len("--config."):] for o in overrides(world, ref)])
+    rows = run_sweep(Settings.from_config(cfg), progress=False)
+    assert len(rows) == len(CELLS)
+
+    # The same sweep as a subprocess, killed with SIGKILL inside the third cell.
+    out, log = tmp_path / "run", tmp_path / "calls.jsonl"
+    proc = subprocess.Popen(command() + ["eval"] + overrides(world, out), cwd=ROOT,
+                            env=env(FAKE_GEN_SLEEP="0.4", FAKE_GEN_LOG=str(log)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, killed_at = time.time() + 240, None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            c = host_lines(str(out))
+            finished = sum(done for _, done in c.values())
+            partial = [k for k, (lines, done) in c.items() if 0 < lines < N and not done]
+            if finished >= 2 and partial:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = c
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert killed_at is not None, f"sweep ended before it could be killed: {err.decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(out / "summary.csv")
+    written = host_lines(str(out))
+    with open(log) as f:
+        calls_first = len(f.readlines())
+    batches_written = sum(lines // BATCH for lines, _ in written.values())
+    assert 0 < batches_written < len(CELLS) * N // BATCH
+
+    # Started again: finishes, computing only what was missing.
+    res = subprocess.run(command() + ["eval"] + overrides(world, out), cwd=ROOT,
+                         env=env(FAKE_GEN_LOG=str(log)), capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    with open(log) as f:
+        calls = [json.loads(x) for x in f]
+    assert len(calls) - calls_first == len(CELLS) * N // BATCH - batches_written
+    gen_length = {"xsum": 128, "cnn_dailymail": 256}
+    again = [(c["gen_length"], c["sampler"], c["nfe"]) for c in calls[calls_first:]]
+    for (b, s, n), (lines, done) in written.items():
+        # finished cells are not sampled again; a partial cell only its missing batches
+        assert again.count((gen_length[b], s, n)) == (0 if done else (N - lines) // BATCH)
+
+    for name in ("summary.csv", "summary.json", "table.md"):
+        assert read(out / name) == read(ref / name), name
+    for b, s, n in CELLS:
+        rel = os.path.join("cells", b, f"{s}-nfe{n}", "examples.jsonl")
+        assert read(out / rel) == read(ref / rel), rel
+
+    # The reports hold what the examples say.
+    summary = json.loads(read(ref / "summary.json"))
+    assert [(r["benchmark"], r["sampler"], r["nfe"]) for r in summary] == CELLS
+    for r in summary:
+        with open(ref / "cells" / r["benchmark"] / f"{r['sampler']}-nfe{r['nfe']}" /
+                  "examples.jsonl") as f:
+            ex = [json.loads(x) for x in f]
+        assert [e["index"] for e in ex] == list(range(N))
+        for e in ex:
+            got = M.rouge(e["reference"], e["output"])
+            assert e["rouge1"] == pytest.approx(got["rouge1"])
+            assert e["words"] == len(e["output"].split())
+        want = M.cell_metrics(ex)
+        for k in ("rouge1", "rouge2", "rougeL", "words", "empty_rate", "repetition"):
+            assert r[k] == pytest.approx(want[k]), k
+    assert any(r["empty_rate"] > 0 for r in summary)
+    rem = {(r["benchmark"], r["nfe"]): r["repetition"] for r in summary if r["sampler"] == "remask"}
+    eos = {(r["benchmark"], r["nfe"]): r["repetition"] for r in summary if r["sampler"] == "eos_block"}
+    assert all(rem[k] > eos[k] for k in rem)  # the fake's remask doubles tokens
+    table = read(ref / "table.md").decode()
+    assert "| LLaDA low-conf. | 4 |" in table and "XSum R-1" in table and "CNN/DM R-L" in table
+
+    import matplotlib.image as mpimg
+    for png in ("rouge1_vs_nfe.png", "repetition_vs_nfe.png", "lengths.png"):
+        img = mpimg.imread(str(ref / png))
+        assert img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].std() > 0.05, png
+
+
+def test_changed_settings_are_refused_in_an_old_run_dir(world, tmp_path):
+    from dsl_jax.configlib import load_config
+    from dsl_jax.errors import UserError
+    from dsl_jax.evaluation.sweep import Settings, run_sweep
+
+    def settings(**extra):
+        ov = [o[len("--config."):] for o in overrides(world, tmp_path / "r", benchmarks="cnn_dailymail",
+                                                      nfe="4", samplers="remask", **extra)]
+        return Settings.from_config(load_config("eval_summarization", ov))
+
+    run_sweep(settings(plots=False), progress=False)
+    with pytest.raises(UserError, match=r"cnn_dailymail/remask-nfe4 holds results of different settings "
+                                        r"\(seed: 0 vs 5\)"):
+        run_sweep(settings(seed=5, plots=False), progress=False)
+
+
+def cli(args, capsys):
+    from dsl_jax.cli import main
+    rc = main(["eval", *args])
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_bad_input_is_one_error_line_before_sampling(world, tmp_path, capsys, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_GEN_LOG", str(log))
+    out = tmp_path / "out"
+
+    rc, err = cli(overrides(world, out, benchmarks="xsum,gigaword"), capsys)
+    assert rc == 2 and err.count("\n") == 0
+    assert err.startswith("dsl-jax eval: error: unknown benchmark 'gigaword'; choose from xsum")
+
+    rc, err = cli(overrides(world, out, data_dir=world["train_only"], benchmarks="xsum"), capsys)
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "xsum: xsum:1.0.0 in" in err and "has no prepared 'test' split (found train)" in err
+
+    rc, err = cli(overrides(world, out, samplers="nope"), capsys)
+    assert rc == 2 and "unknown sampler 'nope'" in err and err.count("\n") == 0
+
+    rc, err = cli(["--config.no_such_key=1"], capsys)
+    assert rc == 2 and "unknown config key 'no_such_key'" in err
+
+    # A checkpoint without DSL parameters, asked for the sde sampler.
+    from dsl_jax import checkpoint, config, model
+    from dsl_jax.sharding import make_mesh
+    import jax
+    ckpt = str(tmp_path / "llada")
+    m = model.create(config.preset("tiny"), make_mesh(devices=jax.devices()[:1]))
+    checkpoint.save_model(ckpt, m)
+    rc, err = cli(overrides(world, out, generator="", samplers="remask,sde") +
+                  [f"--config.ckpt={ckpt}"], capsys)
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "checkpoint has no DSL parameters" in err and "sde" in err
+
+    assert not log.exists()  # nothing was sampled
+    assert not (out / "cells").exists()
