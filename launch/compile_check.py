@@ -130,7 +130,7 @@ def parse_topology(name: str) -> Topology:
     gen = GENERATIONS.get(ALIASES.get(m.group(1), m.group(1)))
     require(gen is not None, unknown)
     shape = tuple(int(x) for x in m.group(2).split("x"))
-    require(len(shape) in (gen.dims, 2) and len(shape) <= gen.dims and all(s > 0 for s in shape),
+    require(len(shape) == gen.dims and all(s > 0 for s in shape),
             f"{name}: a {gen.name} topology has {gen.dims} dimensions, e.g. "
             f"{gen.libtpu}:{'x'.join(['2'] * gen.dims)}")
     return Topology(name, gen, shape, m.group(3) or "")
