@@ -1,0 +1,338 @@
+"""``dsl-jax train``: DSL adaptation or the masked-diffusion control, resumable.
+
+    dsl-jax train --config configs/dsl_llada_8b.py --config.init_ckpt=CKPT [--config.KEY=VALUE ...]
+
+What a run writes under ``out_dir``:
+
+    config.json          the run config
+    checkpoints/N/       orbax CheckpointManager steps (async saves, the last ``keep`` kept):
+                         parameters, optimizer state and step
+    data_state/N/        each host's data-iterator position at step N (JSON)
+    events.out.tfevents.*  TensorBoard scalars (lead host)
+    metrics.jsonl        the same scalars, one JSON object per logged step (lead host)
+    final/               a dsl-jax checkpoint (DSLModel for dsl, LLaDA for mdm) + tokenizer.json
+
+Starting the same command again resumes from the newest checkpoint: same data order,
+same noise, the same losses as an uninterrupted run. SIGTERM (a preempted TPU VM)
+saves a checkpoint at the current step before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dsl_jax.errors import UserError, require
+
+HELP = __doc__
+
+
+# ---- config --------------------------------------------------------------------
+
+def load_train_config(path: str, overrides=()):
+    """A training config file with ``KEY=VALUE`` overrides (unknown keys refused)."""
+    from dsl_jax.configlib import load_config
+    return load_config(path, overrides)
+
+
+def validate(cfg) -> None:
+    from dsl_jax.train.state import OBJECTIVES
+    require(cfg.objective in OBJECTIVES,
+            f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
+    for key in ("steps", "save_every", "keep", "log_every"):
+        require(int(cfg[key]) > 0, f"{key} must be positive, got {cfg[key]}")
+    require(int(cfg.eval.every) >= 0 and int(cfg.eval.blocks) >= 0,
+            "eval.every and eval.blocks must be >= 0")
+    require(bool(cfg.out_dir), "out_dir: set the run directory")
+
+
+def eval_snrs(cfg) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in str(cfg.eval.snrs).split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"eval.snrs: expected comma-separated numbers, got {cfg.eval.snrs!r}") from None
+
+
+# ---- model -----------------------------------------------------------------------
+
+def initial_model(cfg, mc, mesh):
+    """The model a fresh run starts from: ``init_ckpt`` (DSL parameters when it has them,
+    else a converter and noise embedding built around its LLaDA), or a random init."""
+    from flax import nnx
+
+    from dsl_jax import checkpoint
+    from dsl_jax.sharding import create_sharded, state_shardings
+    from dsl_jax.train.step import dsl_config, model_builder, run_overrides
+
+    if not cfg.init_ckpt:
+        return create_sharded(model_builder(cfg, mc), mesh)
+    run = run_overrides(cfg)
+    if cfg.objective == "mdm":
+        return checkpoint.load(cfg.init_ckpt, mesh, **run)
+    if checkpoint.has_dsl(cfg.init_ckpt):
+        return checkpoint.load_dsl(cfg.init_ckpt, mesh, **run)
+    # A plain LLaDA checkpoint: noise embedding (seeded) and converter from its wte.
+    from dsl_jax.dsl import Converter, build_dsl, noise_embedding
+
+    dsl = dsl_config(cfg)
+    llada = checkpoint.load(cfg.init_ckpt, mesh, **run)
+    graphdef, abstract = nnx.split(nnx.eval_shape(build_dsl(mc, dsl)))
+    sh = nnx.to_pure_dict(state_shardings(abstract, mesh))
+
+    def make_converter(wte):
+        conv = Converter(wte, mc.mask_token_id, dsl.beta_init, mc.param_dtype)
+        return nnx.to_pure_dict(nnx.state(conv, nnx.Param))
+
+    with jax.set_mesh(mesh):
+        conv = jax.jit(make_converter, out_shardings=sh["converter"])(llada.embed[...])
+    e = jax.device_put(noise_embedding(mc.vocab_size, dsl.noise_dim, dsl.noise_seed),
+                       sh["noise_embed"])
+    pure = {"llada": nnx.to_pure_dict(nnx.state(llada)), "converter": conv, "noise_embed": e}
+    nnx.replace_by_pure_dict(abstract, pure)
+    return nnx.merge(graphdef, abstract)
+
+
+# ---- data ------------------------------------------------------------------------
+
+def _to_global(local: np.ndarray, sharding, global_shape) -> jax.Array:
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def _data_state_path(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, "data_state", str(step), f"host_{jax.process_index()}.json")
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _prune_data_states(out_dir: str, keep_steps) -> None:
+    root = os.path.join(out_dir, "data_state")
+    if not os.path.isdir(root) or jax.process_index() != 0:
+        return
+    for name in os.listdir(root):
+        if name.isdigit() and int(name) not in keep_steps:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+# ---- logging ---------------------------------------------------------------------
+
+class Logger:
+    """TensorBoard scalars + metrics.jsonl on the lead host; nothing elsewhere."""
+
+    def __init__(self, out_dir: str, start_step: int, lead: bool):
+        self.lead = lead
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.tb = None
+        if not lead:
+            return
+        from dsl_jax.train.events import EventWriter
+        if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint
+            with open(self.path) as f:
+                lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
+            with open(self.path, "w") as f:
+                f.writelines(lines)
+        self.tb = EventWriter(out_dir)
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.lead:
+            return
+        values = {k: float(v) for k, v in values.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        self.tb.scalars(step, values)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---- the loop ----------------------------------------------------------------------
+
+def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
+    """Run (or resume) the training run of config ``cfg``; returns ``out_dir/final``.
+
+    ``_stop_after`` (tests) stops after that many steps as if the job were killed there.
+    """
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    from dsl_jax import checkpoint
+    from dsl_jax.sharding import make_mesh, parse_mesh
+    from dsl_jax.train import data as data_lib
+    from dsl_jax.train.state import init_train_state, to_model
+    from dsl_jax.train.step import build_train_step, check_batch, make_eval_fn, model_config
+
+    # Every check that can fail on bad input runs before any compute.
+    validate(cfg)
+    mesh = make_mesh(parse_mesh(cfg.mesh))
+    mc = model_config(cfg)
+    M, rows, L = check_batch(cfg, mesh, mc)
+    tok, tok_path = data_lib.load_tokenizer(cfg.data, cfg.init_ckpt)
+    data_lib.check_tokenizer(tok, mc)
+    host, hosts = jax.process_index(), jax.process_count()
+    source = data_lib.DocumentSource(cfg.data, host, hosts)
+    snrs = eval_snrs(cfg)
+    lead = host == 0
+
+    out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir))
+    final_path = os.path.join(out_dir, "final")
+    steps = int(cfg.steps)
+    setup = build_train_step(cfg, mesh)
+    if lead:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            f.write(cfg.to_json(indent=2))
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.keep), create=True,
+                                           enable_async_checkpointing=True)
+    mngr = ocp.CheckpointManager(os.path.join(out_dir, "checkpoints"), options=options)
+    latest = mngr.latest_step()
+
+    # Held-out blocks: the first eval.blocks of this host's stream, never trained on.
+    stream = data_lib.BlockStream(source, tok, L, pack=bool(cfg.data.pack))
+    eval_rows = None
+    if int(cfg.eval.every) > 0 and int(cfg.eval.blocks) > 0:
+        eval_rows = stream.next_rows(int(cfg.eval.blocks))
+
+    if latest is None:
+        start = 0
+        model = initial_model(cfg, mc, mesh)
+        part, state = init_train_state(model, cfg.objective, setup.optimizer, mesh)
+        del model
+    else:
+        require(latest <= steps, f"{out_dir}: holds a checkpoint at step {latest}, beyond "
+                f"steps={steps}; use a new out_dir or raise steps")
+        start = latest
+        part = setup.partition
+        restored = mngr.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(setup.abstract_state)))
+        state = restored.state
+        dpath = _data_state_path(out_dir, latest)
+        require(os.path.isfile(dpath), f"{dpath}: missing data-iterator state for step {latest}")
+        with open(dpath) as f:
+            stream = data_lib.BlockStream(source, tok, L, pack=bool(cfg.data.pack), state=json.load(f))
+
+    logger = Logger(out_dir, start, lead)
+    eval_fn = eval_batch = None
+    if eval_rows is not None:
+        n_eval = eval_rows.shape[0] * hosts
+        from dsl_jax.train.step import batch_axes_size
+        e_sh = (NamedSharding(mesh, P(("data", "fsdp"), None))
+                if n_eval % batch_axes_size(mesh) == 0 else NamedSharding(mesh, P()))
+        eval_batch = _to_global(eval_rows, e_sh, (n_eval, L))
+        chunk = int(cfg.get("loss_chunk", 0) or cfg.dsl.converter_chunk)
+        rep = NamedSharding(mesh, P())
+        eval_fn = jax.jit(make_eval_fn(part, snrs, chunk, mesh),
+                          in_shardings=(setup.state_shardings.params,
+                                        setup.state_shardings.frozen, e_sh, rep),
+                          out_shardings=rep)
+    base_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 1), setup.rng_sharding)
+    eval_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 2), setup.rng_sharding)
+
+    def save(step_done: int, st) -> None:
+        _write_json(_data_state_path(out_dir, step_done), stream.state())
+        mngr.save(step_done, args=ocp.args.Composite(state=ocp.args.StandardSave(st)))
+        _prune_data_states(out_dir, set(mngr.all_steps()) | {step_done})
+
+    stop = {"term": False}
+    previous = None
+    if threading_main():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(term=True))
+
+    bar = tqdm(total=steps, initial=start, disable=not (progress and lead), file=sys.stderr,
+               dynamic_ncols=True, desc=f"train {cfg.objective}", unit="step")
+    tokens_per_step = M * rows * L
+    t_last, steps_since = time.perf_counter(), 0
+    try:
+        step = start
+        while step < steps:
+            local = stream.next_rows(M * rows // hosts).reshape(M, rows // hosts, L)
+            batch = _to_global(local, setup.batch_sharding, (M, rows, L))
+            state, metrics = setup.step(state, batch, base_rng)
+            step += 1
+            steps_since += 1
+            bar.update(1)
+            if step % int(cfg.log_every) == 0 or step == steps:
+                values = jax.device_get(metrics)
+                now = time.perf_counter()
+                tps = tokens_per_step * steps_since / max(now - t_last, 1e-9)
+                t_last, steps_since = now, 0
+                values["tokens_per_s"] = tps
+                logger.log(step, values)
+                bar.set_postfix(loss=f"{float(values['loss']):.4f}", tok_s=f"{tps:,.0f}")
+            if eval_fn is not None and (step % int(cfg.eval.every) == 0 or step == steps):
+                ev = jax.device_get(eval_fn(state.params, state.frozen, eval_batch, eval_rng))
+                logger.log(step, {f"eval/{k}": v for k, v in ev.items()})
+                t_last = time.perf_counter()  # evaluation time is not training throughput
+            if step % int(cfg.save_every) == 0 or step == steps or stop["term"]:
+                save(step, state)
+            if stop["term"]:
+                mngr.wait_until_finished()
+                raise UserError(f"stopped by SIGTERM at step {step}; checkpoint saved, "
+                                "run the same command to resume")
+            if _stop_after is not None and step >= _stop_after:
+                mngr.wait_until_finished()
+                return ""
+        mngr.wait_until_finished()
+        model = to_model(part, state)
+        checkpoint.save_model(final_path, model, overwrite=True)
+        if lead and tok_path:
+            shutil.copyfile(tok_path, os.path.join(final_path, "tokenizer.json"))
+        return final_path
+    finally:
+        bar.close()
+        logger.close()
+        mngr.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---- CLI -----------------------------------------------------------------------
+
+def register(sub):
+    import argparse
+
+    from dsl_jax.configlib import add_config_arguments
+
+    p = sub.add_parser("train", help="DSL adaptation or the masked-diffusion control",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, example="--config.steps=20")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        from launch.distributed import maybe_initialize
+    except ImportError:  # pragma: no cover - launch/ not installed
+        maybe_initialize = None
+    from dsl_jax.configlib import from_args
+
+    cfg = from_args(args)
+    if maybe_initialize is not None:
+        maybe_initialize()
+    path = train(cfg, progress=not args.no_progress)
+    if jax.process_index() == 0:
+        print(path)
+    return 0
