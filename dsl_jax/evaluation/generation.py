@@ -39,19 +39,9 @@ def resolve_factory(spec: str) -> Callable:
     return factory
 
 
-def load_for_sweep(ckpt: str, samplers: Sequence[str], mesh, dtype: str = ""):
-    """The model the samplers need, loaded once: a DSLModel when any sampler is DSL-SDE
-    or its ODE (the LLaDA samplers run on its backbone too), else the plain LLaDA."""
-    from dsl_jax import checkpoint
-
-    run = {"dtype": dtype} if dtype else {}
-    if any(s in DSL_SAMPLERS for s in samplers):
-        return checkpoint.load_dsl(ckpt, mesh=mesh, **run)
-    return checkpoint.load(ckpt, mesh=mesh, **run)
-
-
 def make_generator(settings, tok) -> GenerateFn:
-    """A ``GenerateFn`` for the sweep's settings (see the module docstring)."""
+    """A ``GenerateFn`` for the sweep's settings (see the module docstring); the model is
+    ``dsl_jax.sampling.load_model``'s, the samplers ``dsl_jax.sampling.generate``."""
     if settings.generator:
         fn = resolve_factory(settings.generator)(settings, tok)
         require(callable(fn), f"config generator: {settings.generator} did not return a function")
@@ -65,11 +55,17 @@ def make_generator(settings, tok) -> GenerateFn:
     require(settings.ckpt, "config ckpt: no checkpoint given (--config.ckpt=DIR)")
     # Each host samples its own share on its own devices (pods: see dsl_jax.evaluation.sweep).
     mesh = make_mesh(parse_mesh(settings.mesh), devices=jax.local_devices())
-    model = load_for_sweep(settings.ckpt, settings.samplers, mesh, settings.dtype)
+    run = {"dtype": settings.dtype} if settings.dtype else {}
+    # Loaded once for every cell: a DSLModel when the checkpoint has DSL parameters (the
+    # LLaDA samplers run on its backbone), else the LLaDA.
+    model = sampling.load_model(settings.ckpt, any(s in DSL_SAMPLERS for s in settings.samplers),
+                                mesh=mesh, **run)
 
     def generate(prompts, sampler, nfe, gen_length, seed):
+        # batch_size fixed by the settings: a short last batch is filled with dummy rows
+        # by the sampler, so every batch of a cell reuses one compilation per length bucket.
         return sampling.generate(model, [list(map(int, p)) for p in prompts], sampler=sampler,
                                  nfe=int(nfe), gen_length=int(gen_length), seed=int(seed),
-                                 batch_size=len(prompts), mesh=mesh)
+                                 batch_size=max(len(prompts), int(settings.batch_size)), mesh=mesh)
 
     return generate
