@@ -17,6 +17,7 @@ stored in the checkpoint's ``dsl`` group (load them with ``dsl_jax.load_dsl``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -31,11 +32,24 @@ import numpy as np
 from dsl_jax.errors import UserError, require
 
 CHUNK_BYTES = 64 * 1024 * 1024  # rows of a 2-D tensor are read in chunks of about this size
+TRANSPOSE_CHUNK_BYTES = 8 * 1024 * 1024  # smaller chunks when transposing (cache friendly)
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, from the OS (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process so far, from the OS.
+
+    Linux: ``VmHWM`` of /proc/self/status (the peak of this process image; unlike
+    ru_maxrss it does not include the parent's size at fork). Else ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def check_output(out: str, overwrite: bool) -> str:
@@ -123,11 +137,24 @@ def _norm_index(index, shape):
     return tuple((s.indices(n)[0], s.indices(n)[1]) for s, n in zip(index, shape))
 
 
-def _read_jax_layout(ref, entry, cfg, dtype, index):
-    """One tensor in dsl-jax layout, only the part ``index`` (tuple of slices), as ``dtype``.
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised array whose data is ``align``-byte aligned (so that
+    ``jax.device_put`` on CPU can use the buffer without copying it)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n].view(dtype).reshape(shape)
 
-    2-D tensors that are kept or transposed are read in row chunks, only the rows
-    needed; other tensors (per-layer attention weights, small) are read whole.
+
+def fill_jax_layout(out, ref, entry, cfg, index):
+    """Write tensor ``ref`` in dsl-jax layout, only its part ``index`` (tuple of slices),
+    into ``out`` (cast to ``out.dtype``).
+
+    2-D tensors that are kept as they are or transposed (embeddings, LM head, MLP
+    weights) are read in row chunks, only the rows needed, straight into ``out`` when
+    no cast or column slice is needed; other tensors (per-layer attention weights,
+    vectors) are read whole and rearranged.
     """
     from conversion import keymap
 
@@ -136,20 +163,27 @@ def _read_jax_layout(ref, entry, cfg, dtype, index):
         rows_idx, cols_idx = (index[1], index[0]) if transposed else (index[0], index[1])
         r0, r1, _ = rows_idx.indices(ref.shape[0])
         c0, c1, _ = cols_idx.indices(ref.shape[1])
-        out = np.empty((c1 - c0, r1 - r0) if transposed else (r1 - r0, c1 - c0), dtype)
-        step = max(1, CHUNK_BYTES // max(1, ref.shape[1] * ref.dtype.itemsize))
+        row_bytes = ref.shape[1] * ref.dtype.itemsize
+        direct = (not transposed and c0 == 0 and c1 == ref.shape[1] and out.dtype == ref.dtype
+                  and out.flags.c_contiguous)
+        chunk = (CHUNK_BYTES if not transposed else TRANSPOSE_CHUNK_BYTES) // max(1, row_bytes)
+        step = max(1, chunk)
         for a in range(r0, r1, step):
             b = min(r1, a + step)
-            part = ref.read(rows=slice(a, b))[:, c0:c1].astype(dtype)
+            if direct:
+                ref.read(rows=slice(a, b), out=out[a - r0:b - r0])
+                continue
+            part = ref.read(rows=slice(a, b))[:, c0:c1]
             if transposed:
                 out[:, a - r0:b - r0] = part.T
             else:
                 out[a - r0:b - r0] = part
-        return out
+            del part
+        return
     value = ref.read()
     if value.ndim == 1 and value.shape == (1,) and not entry.torch_shape(cfg):
         value = value.reshape(())
-    return np.asarray(entry.to_jax(value, cfg)[index], dtype=dtype)
+    out[...] = entry.to_jax(value, cfg)[index]
 
 
 def assemble(sds, sources, cfg, on_tensor, stacked: bool):
@@ -157,7 +191,8 @@ def assemble(sds, sources, cfg, on_tensor, stacked: bool):
 
     ``sources`` is [(ref, entry)] for a whole tensor, or one per layer for a stacked
     parameter (leading ``layers`` axis). Each distinct device shard is filled once in
-    host memory, then put on its devices.
+    host memory, straight from the files, then put on its devices (on CPU devices
+    without a copy: the buffers are aligned).
     """
     import jax
 
@@ -168,24 +203,20 @@ def assemble(sds, sources, cfg, on_tensor, stacked: bool):
         key = _norm_index(index, shape)
         if key not in buffers:
             buffers[key] = (tuple(slice(a, b) for a, b in key),
-                            np.empty(tuple(b - a for a, b in key), dtype))
+                            aligned_empty(tuple(b - a for a, b in key), dtype))
     if not stacked:
         ref, entry = sources[0]
         for index, buf in buffers.values():
-            buf[...] = _read_jax_layout(ref, entry, cfg, dtype, index)
+            fill_jax_layout(buf, ref, entry, cfg, index)
         on_tensor(ref)
     else:
         for layer, (ref, entry) in enumerate(sources):
-            wanted = [(idx, buf) for idx, buf in buffers.values()
-                      if idx[0].start <= layer < idx[0].stop]
-            for idx, buf in wanted:
-                part = _read_jax_layout(ref, entry, cfg, dtype, idx[1:])
-                buf[layer - idx[0].start] = part
-                del part
+            for idx, buf in buffers.values():
+                if idx[0].start <= layer < idx[0].stop:
+                    fill_jax_layout(buf[layer - idx[0].start], ref, entry, cfg, idx[1:])
             on_tensor(ref)
-    arrays = []
-    for device, index in index_map.items():
-        arrays.append(jax.device_put(buffers[_norm_index(index, shape)][1], device))
+    arrays = [jax.device_put(buffers[_norm_index(index, shape)][1], device)
+              for device, index in index_map.items()]
     out = jax.make_array_from_single_device_arrays(shape, sharding, arrays)
     del arrays, buffers
     return out
@@ -194,16 +225,25 @@ def assemble(sds, sources, cfg, on_tensor, stacked: bool):
 # ---- the conversion ----------------------------------------------------------------------
 
 
+def _orbax_context():
+    from orbax.checkpoint import v1 as ocp1
+    ctx = ocp1.Context()
+    # Uncompressed: zstd on the host costs a second copy of each array and most of the
+    # time (random-looking weights barely compress).
+    ctx.array.saving.use_compression = False
+    return ctx
+
+
 def _partial_save(path, tree):
     from orbax.checkpoint.experimental.v1 import partial
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _orbax_context():
         warnings.simplefilter("ignore")
         partial.save(path, tree)
 
 
 def _partial_finalize(path):
     from orbax.checkpoint.experimental.v1 import partial
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _orbax_context():
         warnings.simplefilter("ignore")
         partial.finalize(path)
 
@@ -311,8 +351,11 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
         for path in order:
             arr = assemble(flat_target[path], jobs[path], cfg, on_tensor,
                            stacked=path[:2] == ("model", "blocks"))
+            big = arr.nbytes > CHUNK_BYTES
             _partial_save(orbax_tmp, _nest(path, arr))
             del arr
+            if big:
+                gc.collect()  # orbax's save leaves reference cycles that hold the array
         _partial_finalize(orbax_tmp)
         params_dir = os.path.join(tmp, checkpoint.PARAMS_DIR)
         os.replace(os.path.join(orbax_tmp, "state"), params_dir)

@@ -67,10 +67,15 @@ class TensorRef:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
-    def read(self, rows: slice | None = None) -> np.ndarray:
-        """The tensor (or rows ``rows`` of its first axis) as a fresh numpy array."""
+    def read(self, rows: slice | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor (or rows ``rows`` of its first axis) as a fresh numpy array, or
+        read into ``out`` (C-contiguous, this tensor's dtype and the rows' shape)."""
         if self.path.endswith(".bin"):
-            return self.source._read_bin(self, rows)
+            value = self.source._read_bin(self, rows)
+            if out is not None:
+                out[...] = value
+                return out
+            return value
         shape = self.shape
         start, count = self.start, self.size
         if rows is not None and len(shape) >= 1:
@@ -80,7 +85,11 @@ class TensorRef:
             start += r0 * row * self.dtype.itemsize
             count = (r1 - r0) * row
             shape = (r1 - r0, *shape[1:])
-        out = np.empty(shape, self.dtype)
+        if out is None:
+            out = np.empty(shape, self.dtype)
+        else:
+            require(out.dtype == self.dtype and tuple(out.shape) == tuple(shape)
+                    and out.flags.c_contiguous, f"internal: bad buffer for {self.key}")
         buf = memoryview(out.reshape(-1).view(np.uint8))
         with open(self.path, "rb") as f:
             f.seek(start)
