@@ -105,14 +105,6 @@ def test_dsl_loss_matches_numpy(tiny_dsl):
     ref2 = np_ce(np.asarray(m.llada(inputs_embeds=jnp.asarray(h2))), ids).mean()
     loss2, _ = dsl_loss(m, jnp.asarray(ids), rng, chunk=4, snr=jnp.asarray(snr))
     assert abs(float(loss2) - ref2) < 1e-5 * max(1.0, abs(ref2))
-    # The loss is differentiable through the chunked, rematerialised converter and head.
-    from dsl_jax.train.state import split
-    part, params, frozen = split(m, "dsl")
-    g = jax.grad(lambda p: dsl_loss_from_noisy(part.merge(p, frozen), jnp.asarray(z64, jnp.float32),
-                                               jnp.asarray(ids), chunk=5)[0])(params)
-    for leaf in jax.tree.leaves(g):
-        assert np.isfinite(np.asarray(leaf)).all()
-    assert float(jnp.abs(g["converter"]["w"]).max()) > 0 and float(jnp.abs(g["converter"]["beta"])) > 0
 
 
 def test_snr_sampler_statistics():

@@ -237,11 +237,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
                 if n_eval % batch_axes_size(mesh) == 0 else NamedSharding(mesh, P()))
         eval_batch = _to_global(eval_rows, e_sh, (n_eval, L))
         chunk = int(cfg.get("loss_chunk", 0) or cfg.dsl.converter_chunk)
-        rep = NamedSharding(mesh, P())
-        eval_fn = jax.jit(make_eval_fn(part, snrs, chunk, mesh),
-                          in_shardings=(setup.state_shardings.params,
-                                        setup.state_shardings.frozen, e_sh, rep),
-                          out_shardings=rep)
+        eval_fn = setup.eval_step(snrs, chunk, e_sh)
     base_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 1), setup.rng_sharding)
     eval_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 2), setup.rng_sharding)
 

@@ -171,7 +171,7 @@ def make_train_step(part: Partition, optimizer, opt_cfg, chunk: int, mesh=None):
             (grads, metrics), _ = jax.lax.scan(micro, (g0, m0), (batch, keys))
             grads = jax.tree.map(lambda g: g / M, grads)
             metrics = jax.tree.map(lambda m: m / M, metrics)
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = optax.tree.norm(grads)
             metrics["lr"] = jnp.asarray(lr_at(state.step), jnp.float32)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
@@ -200,6 +200,7 @@ class TrainSetup:
     batch_sharding: NamedSharding
     batch_shape: tuple[int, int, int]  # (micro_batches, rows per micro-batch, seq_len)
     rng_sharding: NamedSharding
+    _eval: dict = dataclasses.field(default_factory=dict)
 
     def abstract_args(self):
         """(abstract_state, abstract_batch, abstract_rng) for ``step.lower``."""
@@ -211,8 +212,55 @@ class TrainSetup:
     def tokens_per_step(self) -> int:
         return math.prod(self.batch_shape)
 
+    def eval_step(self, snrs: tuple[float, ...], chunk: int, eval_sharding):
+        """The jitted held-out evaluation (cached per arguments)."""
+        key = (tuple(snrs), chunk, eval_sharding)
+        if key not in self._eval:
+            rep = NamedSharding(self.mesh, P())
+            self._eval[key] = jax.jit(
+                make_eval_fn(self.partition, snrs, chunk, self.mesh),
+                in_shardings=(self.state_shardings.params, self.state_shardings.frozen,
+                              eval_sharding, rep), out_shardings=rep)
+        return self._eval[key]
 
-def build_train_step(cfg, mesh) -> TrainSetup:
+
+# Run settings that do not change the step: runs differing only in these share one
+# compiled step within a process (a resumed run, the demo's back-to-back runs).
+_NOT_IN_STEP = ("out_dir", "save_every", "keep", "log_every", "eval", "data", "steps")
+_SETUPS: dict = {}
+
+
+def _step_key(cfg, mesh):
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_STEP}
+    ckpt = cfg.get("init_ckpt")
+    meta = ""
+    if ckpt and os.path.isfile(os.path.join(ckpt, "dsl_jax.json")):
+        with open(os.path.join(ckpt, "dsl_jax.json")) as f:
+            meta = f.read()
+    import json
+    return json.dumps(d, sort_keys=True, default=str) + meta, mesh
+
+
+def build_train_step(cfg, mesh, cache: bool = True) -> TrainSetup:
+    """The jitted, sharded, donating train step of run config ``cfg`` on ``mesh``
+    (memoised per process on the settings that shape the step; ``cache=False`` builds anew).
+
+    Nothing is materialised: the model's structure comes from ``nnx.eval_shape``.
+    Bad configs (model size, batch that does not divide over the mesh) fail here
+    with one clear error, before any compute.
+    """
+    key = _step_key(cfg, mesh) if cache else None
+    if key is not None and key in _SETUPS:
+        return _SETUPS[key]
+    setup = _build_train_step(cfg, mesh)
+    if key is not None:
+        if len(_SETUPS) >= 4:
+            _SETUPS.pop(next(iter(_SETUPS)))
+        _SETUPS[key] = setup
+    return setup
+
+
+def _build_train_step(cfg, mesh) -> TrainSetup:
     """The jitted, sharded, donating train step of run config ``cfg`` on ``mesh``.
 
     Nothing is materialised: the model's structure comes from ``nnx.eval_shape``.

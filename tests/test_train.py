@@ -1,0 +1,181 @@
+"""Training on CPU with a tiny model: the loss falls, frozen parameters stay bit-identical,
+the sharded step equals the single-device step, a killed run resumes exactly, the MDM
+control trains, and bad input fails with one clear line before any compute."""
+
+import json
+import os
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dsl_jax import checkpoint, config
+from dsl_jax.dsl import noise_embedding
+from dsl_jax.errors import UserError
+from dsl_jax.model import LLaDA
+from dsl_jax.sharding import create_sharded, make_mesh
+from dsl_jax.tokenizer import train_small
+from dsl_jax.train import data as data_lib
+from dsl_jax.train.loop import load_train_config, train
+from dsl_jax.train.state import init_train_state
+from dsl_jax.train.step import build_train_step, model_builder
+
+WORDS = ("the cat sat on a mat and the dog ran far away in the warm sun while "
+         "small birds sang over green hills near the old river").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    r = random.Random(0)
+    # Strongly patterned text so a tiny model learns it in a few dozen steps.
+    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(r.randint(8, 30)))
+             for i in range(400)]
+    with open(d / "data.jsonl", "w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")
+    tok = train_small(texts, 512, str(d / "tok" / "tokenizer.json"))
+    cfg = config.preset("tiny", dtype="float32")
+    init = str(d / "init")
+    m = LLaDA(cfg, rngs=nnx.Rngs(params=7))
+    m.lm_head[...] = m.lm_head[...] * 10.0  # a head with a pretrained-like logit range (it is frozen)
+    checkpoint.save_model(init, m)
+    return {"dir": d, "texts": texts, "tok": tok, "init": init}
+
+
+def cfg_for(corpus, out, **over):
+    d = corpus["dir"]
+    base = {"model": "tiny", "init_ckpt": corpus["init"], "data.files": f"{d}/data.jsonl",
+            "data.tokenizer": f"{d}/tok/tokenizer.json", "steps": 30, "global_batch": 8,
+            "seq_len": 32, "dsl.noise_dim": 16, "dsl.converter_chunk": 16,
+            "optimizer.lr": 3e-3, "optimizer.warmup_steps": 5, "out_dir": str(out),
+            "save_every": 10, "log_every": 1, "eval.every": 30, "eval.blocks": 8,
+            "micro_batches": 2, "mesh": "fsdp=4,tensor=2"}
+    base.update(over)
+    return load_train_config("configs/dsl_small.py", [f"{k}={v}" for k, v in base.items()])
+
+
+def losses(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_dsl_training_learns_freezes_and_resumes_exactly(corpus, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    final = train(cfg_for(corpus, a), progress=False)
+    la = losses(a)
+    assert sorted(la) == list(range(1, 31))
+    first, last = np.mean([la[s] for s in (1, 2, 3)]), np.mean([la[s] for s in (28, 29, 30)])
+    assert last < first - 1.0, (first, last)  # the DSL loss falls clearly
+    with open(a / "metrics.jsonl") as f:
+        evals = [json.loads(x) for x in f if "eval/clean_ce" in x]
+    assert evals[-1]["eval/acc_snr50"] > 0.9 and evals[-1]["eval/ce_snr50"] < first - 2.0
+
+    # The final checkpoint is a DSLModel with the tokenizer; frozen parameters unchanged.
+    assert os.path.isfile(os.path.join(final, "tokenizer.json"))
+    mesh = make_mesh(devices=jax.devices()[:1])
+    m = checkpoint.load_dsl(final, mesh)
+    init = checkpoint.load(corpus["init"], mesh)
+    for name in ("lm_head", "embed"):
+        np.testing.assert_array_equal(np.asarray(getattr(m.llada, name)[...]),
+                                      np.asarray(getattr(init, name)[...]))
+    np.testing.assert_array_equal(np.asarray(m.noise_embed[...]), noise_embedding(512, 16, 0))
+    assert not np.array_equal(np.asarray(m.llada.blocks.wq[...]), np.asarray(init.blocks.wq[...]))
+    assert float(m.converter.beta[...]) != 1.0
+    assert {"eval/ce_snr1", "eval/acc_snr50", "eval/infill_acc", "eval/beta"} <= set(evals[-1])
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(a))
+
+    # Killed after step 17 (last checkpoint at 10), started again: the same losses.
+    assert train(cfg_for(corpus, b), progress=False, _stop_after=17) == ""
+    assert max(losses(b)) == 17
+    train(cfg_for(corpus, b), progress=False)
+    lb = losses(b)
+    assert sorted(lb) == list(range(1, 31))
+    np.testing.assert_allclose([lb[s] for s in range(1, 31)], [la[s] for s in range(1, 31)],
+                               rtol=1e-6, atol=0)
+
+
+def test_sharded_step_equals_single_device(corpus, tmp_path):
+    cfg = cfg_for(corpus, tmp_path)  # 2 micro-batches; the 8-device step is the training test's
+    batch = np.random.default_rng(0).integers(0, 512, (2, 4, 32)).astype(np.int32)
+    results = []
+    for mesh in (make_mesh(devices=jax.devices()[:1]), make_mesh({"fsdp": 4, "tensor": 2})):
+        setup = build_train_step(cfg, mesh)
+        model = create_sharded(model_builder(cfg, setup.model_cfg), mesh)
+        _, state = init_train_state(model, "dsl", setup.optimizer, mesh)
+        ids = jax.device_put(batch, setup.batch_sharding)
+        rng = jax.random.PRNGKey(0)
+        metrics = []
+        for _ in range(2):
+            state, m = setup.step(state, ids, rng)
+            metrics.append(jax.device_get(m))
+        results.append((metrics, jax.device_get(state.params)))
+    (m1, p1), (m8, p8) = results
+    for a, b in zip(m1, m8):
+        for k in ("loss", "accuracy", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5), k
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), p1, p8)
+
+
+def test_mdm_control_trains_backbone_and_wte_only(corpus, tmp_path):
+    cfg = cfg_for(corpus, tmp_path, objective="mdm", steps=3, save_every=3, **{"eval.every": 0})
+    final = train(cfg, progress=False)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    m = checkpoint.load(final, mesh)
+    init = checkpoint.load(corpus["init"], mesh)
+    assert not checkpoint.has_dsl(final)
+    np.testing.assert_array_equal(np.asarray(m.lm_head[...]), np.asarray(init.lm_head[...]))
+    assert not np.array_equal(np.asarray(m.embed[...]), np.asarray(init.embed[...]))
+    assert all(np.isfinite(v) for v in losses(tmp_path).values())
+
+
+def test_bad_input_fails_before_compute(corpus, tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown config key 'nope'"):
+        cfg_for(corpus, tmp_path, nope=1)
+    with pytest.raises(UserError, match="different model size"):
+        train(cfg_for(corpus, tmp_path, model="small"), progress=False)
+    with pytest.raises(UserError, match="no prepared TFDS dataset 'fineweb_edu'"):
+        train(cfg_for(corpus, tmp_path, **{"data.source": "tfds", "data.name": "fineweb_edu",
+                                           "data.data_dir": str(tmp_path)}), progress=False)
+    with pytest.raises(UserError, match="do not divide over the mesh's batch axes"):
+        train(cfg_for(corpus, tmp_path, global_batch=6), progress=False)
+    with pytest.raises(UserError, match="does not divide into micro_batches 3"):
+        train(cfg_for(corpus, tmp_path, micro_batches=3), progress=False)
+    assert not os.path.exists(tmp_path / "checkpoints")  # nothing was started
+    from dsl_jax.cli import main
+    assert main(["train", "--config", "configs/dsl_small.py", "--config.global_batch=6",
+                 f"--config.data.files={corpus['dir']}/data.jsonl",
+                 f"--config.data.tokenizer={corpus['dir']}/tok/tokenizer.json",
+                 f"--config.out_dir={tmp_path}/cli"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dsl-jax train: error: global_batch 6")
+
+
+def test_data_packing_hosts_and_resume(corpus):
+    d, tok = corpus["dir"], corpus["tok"]
+    cfg = load_train_config("configs/dsl_small.py", [f"data.files={d}/data.jsonl",
+                                                      "data.shuffle=false"]).data
+    src = data_lib.DocumentSource(cfg)
+    stream = data_lib.BlockStream(src, tok, 16, pack=True)
+    blocks = stream.next_rows(6)
+    want = []
+    for t in corpus["texts"]:
+        want += tok.encode(t) + [tok.eos_id]
+        if len(want) >= 96:
+            break
+    np.testing.assert_array_equal(blocks.ravel(), want[:96])  # EOS between documents
+    # Resume from a saved state gives exactly the blocks that follow.
+    saved = json.loads(json.dumps(stream.state()))
+    nxt = stream.next_rows(5)
+    np.testing.assert_array_equal(data_lib.BlockStream(src, tok, 16, state=saved).next_rows(5), nxt)
+    # One document per row, EOS-padded.
+    rows = data_lib.BlockStream(src, tok, 64, pack=False).next_rows(2)
+    ids0 = tok.encode(corpus["texts"][0])
+    np.testing.assert_array_equal(rows[0], ids0 + [tok.eos_id] * (64 - len(ids0)))
+    # Hosts read disjoint shares that cover the data.
+    shares = [data_lib.DocumentSource(cfg, h, 3).docs for h in range(3)]
+    assert sorted(sum(shares, [])) == sorted(corpus["texts"])
