@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -39,6 +40,8 @@ import os
 import sys
 from typing import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dsl_jax.errors import UserError, require
@@ -108,6 +111,30 @@ def _mesh_of(model):
     return mesh
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _top_neighbours(wte, toks, lo: int, hi: int):
+    w = wte.astype(jnp.float32)
+    w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+    cos = jnp.einsum("nd,vd->nv", w[toks], w[lo:hi], precision="highest")
+    cos = jnp.where(toks[:, None] == (jnp.arange(hi - lo) + lo)[None, :], -jnp.inf, cos)
+    return jax.lax.top_k(cos, NEIGHBOURS)[1] + lo
+
+
+def _forward_argmax():
+    if "fwd" not in _JITTED:
+        from flax import nnx
+
+        @nnx.jit
+        def fwd(m, ids, mask):
+            return jnp.argmax(m(ids, attention_mask=mask), axis=-1)
+
+        _JITTED["fwd"] = fwd
+    return _JITTED["fwd"]
+
+
+_JITTED: dict = {}
+
+
 def neighbour_table(model, tokens: Sequence[int], lo: int, hi: int,
                     chunk: int = 256) -> dict[int, list[int]]:
     """token -> the ``NEIGHBOURS`` ids in [lo, hi) (itself excluded) whose wte rows have
@@ -121,22 +148,13 @@ def neighbour_table(model, tokens: Sequence[int], lo: int, hi: int,
             f"{NEIGHBOURS} neighbours")
     mesh = _mesh_of(model)
 
-    @jax.jit
-    def top(wte, toks):
-        w = wte.astype(jnp.float32)
-        w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
-        cand = w[lo:hi]
-        cos = jnp.einsum("nd,vd->nv", w[toks], cand, precision="highest")
-        cos = jnp.where(toks[:, None] == (jnp.arange(hi - lo) + lo)[None, :], -jnp.inf, cos)
-        return jax.lax.top_k(cos, NEIGHBOURS)[1] + lo
-
     out: dict[int, list[int]] = {}
     with jax.set_mesh(mesh):
         wte = llada.embed[...]
         for i in range(0, len(tokens), chunk):
             part = tokens[i:i + chunk]
             padded = np.asarray(part + [part[-1]] * (chunk - len(part)), np.int32)
-            ids = np.asarray(top(wte, jnp.asarray(padded)))
+            ids = np.asarray(_top_neighbours(wte, jnp.asarray(padded), lo, hi))
             for t, row in zip(part, ids[:len(part)]):
                 out[t] = [int(x) for x in row]
     return out
@@ -147,7 +165,6 @@ def predict(model, seqs: Sequence[np.ndarray], batch_size: int = 8) -> list[np.n
     with a key-padding mask; one compilation for all batches)."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from dsl_jax.sharding import batch_sharding
 
@@ -161,10 +178,7 @@ def predict(model, seqs: Sequence[np.ndarray], batch_size: int = 8) -> list[np.n
     if B % n_dev and B > n_dev:
         B = -(-B // n_dev) * n_dev
 
-    @nnx.jit
-    def fwd(m, ids, mask):
-        return jnp.argmax(m(ids, attention_mask=mask), axis=-1)
-
+    fwd = _forward_argmax()
     out: list[np.ndarray] = []
     with jax.set_mesh(mesh):
         for i in range(0, len(seqs), B):
