@@ -6,6 +6,7 @@ least 2 GB) into a temporary directory, then runs, each in its own subprocess:
 
 - ``imports``: start Python, import jax/flax/orbax and make the mesh (the fixed overhead);
 - ``read``: plainly read every byte of the same files (64 MiB ``readinto`` chunks);
+- ``copy``: read them and write the bytes to new files (what any conversion must at least do);
 - ``convert``: ``conversion.convert.convert`` into an orbax checkpoint.
 
 Peak resident memory of each child comes from the OS: the child's ``VmHWM`` in
@@ -118,6 +119,23 @@ for p in files:
 print(json.dumps({'bytes': n, 'seconds': time.perf_counter() - t0, 'hwm': _hwm()}))
 """
 
+CHILD_COPY = HWM + """
+import json, os, sys, time
+import numpy as np
+files, dest = json.loads(sys.argv[1]), sys.argv[2]
+buf = np.empty(64 * 1024 * 1024, np.uint8)
+t0 = time.perf_counter(); n = 0
+for p in files:
+    with open(p, 'rb') as f, open(os.path.join(dest, os.path.basename(p)), 'wb') as g:
+        while True:
+            got = f.readinto(memoryview(buf))
+            if not got:
+                break
+            g.write(memoryview(buf)[:got])
+            n += got
+print(json.dumps({'bytes': n, 'seconds': time.perf_counter() - t0, 'hwm': _hwm()}))
+"""
+
 CHILD_CONVERT = HWM + """
 import json, sys
 from conversion.convert import convert
@@ -166,7 +184,7 @@ def run(args) -> int:
     tmp_root = args.tmp or tempfile.gettempdir()
     free = shutil.disk_usage(tmp_root).free
     out_item = 4 if args.dtype == "float32" else 2
-    need = size + cfg.num_params() * out_item + 1e9
+    need = 2 * size + cfg.num_params() * out_item + 1e9
     require(free > need, f"{tmp_root}: {free / GB:.1f} GB free, the benchmark needs {need / GB:.1f} GB")
     work = tempfile.mkdtemp(prefix="dsl-jax-bench-convert-", dir=tmp_root)
     try:
@@ -189,6 +207,11 @@ def run(args) -> int:
         _drop_cache(files)
         read, rss_read, _ = _child(CHILD_READ, [json.dumps(files)], 1, os.path.join(work, "read.json"))
         _drop_cache(files)
+        copy_dir = os.path.join(work, "copy")
+        os.makedirs(copy_dir)
+        copy, _, _ = _child(CHILD_COPY, [json.dumps(files), copy_dir], 1, os.path.join(work, "copy.json"))
+        shutil.rmtree(copy_dir)
+        _drop_cache(files)
         out = os.path.join(work, "ckpt")
         conv, rss_conv, conv_wall = _child(CHILD_CONVERT, [hf_dir, out, args.dtype], args.devices,
                                            os.path.join(work, "convert.json"))
@@ -198,6 +221,7 @@ def run(args) -> int:
 
     read_gbs = read["bytes"] / GB / read["seconds"]
     conv_gbs = conv["bytes"] / GB / conv["seconds"]
+    copy_gbs = copy["bytes"] / GB / copy["seconds"]
     rows = [
         {"figure": "checkpoint size (source files)", "value": f"{total / GB:.2f} GB"},
         {"figure": "largest single tensor (wte / ff_out)", "value": f"{largest_tensor / GB:.2f} GB"},
@@ -212,7 +236,10 @@ def run(args) -> int:
         {"figure": "plain read throughput", "value": f"{read_gbs:.2f} GB/s ({read['seconds']:.1f} s)"},
         {"figure": "convert throughput (source bytes)",
          "value": f"{conv_gbs:.3f} GB/s ({conv['seconds']:.1f} s; {conv_wall:.1f} s with start-up)"},
+        {"figure": "plain copy (read + write) throughput",
+         "value": f"{copy_gbs:.2f} GB/s ({copy['seconds']:.1f} s)"},
         {"figure": "convert / plain read throughput", "value": f"{conv_gbs / read_gbs:.3f}"},
+        {"figure": "convert / plain copy throughput", "value": f"{conv_gbs / copy_gbs:.3f}"},
         {"figure": "orbax output size", "value": f"{out_bytes / GB:.2f} GB"},
     ]
     print(f"convert: {conv['tensors']} tensors, {args.source_dtype} -> {args.dtype}, "
@@ -223,7 +250,7 @@ def run(args) -> int:
         "largest_param_bytes": largest_param, "rss_imports_bytes": rss_imports,
         "rss_read_bytes": rss_read, "rss_convert_bytes": rss_conv, "read_seconds": read["seconds"],
         "convert_seconds": conv["seconds"], "convert_wall_seconds": conv_wall,
-        "read_gb_per_s": read_gbs, "convert_gb_per_s": conv_gbs, "output_bytes": out_bytes,
+        "read_gb_per_s": read_gbs, "copy_seconds": copy["seconds"], "copy_gb_per_s": copy_gbs, "convert_gb_per_s": conv_gbs, "output_bytes": out_bytes,
         "devices": args.devices, "source_dtype": args.source_dtype, "dtype": args.dtype,
         "config": {"n_layers": cfg.n_layers, "d_model": cfg.d_model,
                    "mlp_hidden_size": cfg.mlp_hidden_size, "vocab_size": cfg.vocab_size}})

@@ -17,6 +17,7 @@ stored in the checkpoint's ``dsl`` group (load them with ``dsl_jax.load_dsl``).
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -388,7 +389,7 @@ def summary_line(s: dict, verb: str = "converted") -> str:
 
 def register(sub):
     p = sub.add_parser("convert", help="convert a Hugging Face LLaDA / DSL-LLaDA checkpoint to orbax",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, metavar="DIR",
                    help="Hugging Face directory: config.json plus model.safetensors.index.json and "
                         "shards, a single model.safetensors, or pytorch_model*.bin (needs torch)")

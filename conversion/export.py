@@ -11,6 +11,7 @@ a temporary sibling directory renamed into place at the end.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -140,7 +141,7 @@ def _get(tree, path):
 
 def register(sub):
     p = sub.add_parser("export", help="export a dsl-jax checkpoint to Hugging Face safetensors",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, metavar="CKPT", help="dsl-jax checkpoint directory")
     p.add_argument("--hf", required=True, metavar="DIR", help="output Hugging Face directory")
     p.add_argument("--max-shard-bytes", type=int, default=DEFAULT_MAX_SHARD_BYTES,

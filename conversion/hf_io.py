@@ -220,8 +220,8 @@ class HFCheckpoint:
         return self._bin_cache[path]
 
     def _bin_header(self, path: str) -> dict[str, TensorRef]:
-        import torch  # _bin_state has checked it is there
-        state = self._bin_state(path)
+        state = self._bin_state(path)  # checks that torch is there
+        import torch
         names = {torch.float32: np.float32, torch.float16: np.float16,
                  torch.bfloat16: ml_dtypes.bfloat16, torch.float64: np.float64}
         out = {}

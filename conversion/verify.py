@@ -10,6 +10,7 @@ For a DSL-LLaDA checkpoint the DSL tensors are also compared exactly.
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
@@ -91,7 +92,7 @@ def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int =
 
 def register(sub):
     p = sub.add_parser("verify", help="compare a converted checkpoint's logits with PyTorch",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, metavar="DIR", help="the Hugging Face directory converted")
     p.add_argument("--ckpt", required=True, metavar="CKPT", help="the dsl-jax checkpoint")
     p.add_argument("--batch", type=int, default=2, help="random sequences (default 2)")

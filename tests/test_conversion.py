@@ -191,8 +191,10 @@ def test_dsl_checkpoint_lands_in_load_dsl(tmp_path, mesh8):
     np.testing.assert_array_equal(np.asarray(m.converter.c[...]), tensors["converter.backbone_embedding.bias"])
     np.testing.assert_array_equal(np.asarray(m.llada.blocks.w_down[...])[1],
                                   tensors[keymap.PREFIX + "blocks.1.ff_out.weight"].T)
-    # The plain loader still reads the LLaDA part.
+    # The plain loader still reads the LLaDA part; verify compares the DSL tensors too.
     assert checkpoint.load(ck, mesh=mesh8).embed[...].shape == (CFG.vocab_size, CFG.d_model)
+    r = verify(src, ck, length=8, mesh=mesh8)
+    assert r["ok"] and r["dsl_max_abs_diff"] == 0.0 and r["max_abs_diff"] < 1e-4
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -287,3 +289,54 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("dsl-jax convert: error: ")
     assert "no such directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_convert_verify_export_in_process(hf_split, converted, tmp_path, capsys):
+    from dsl_jax import cli
+    out = str(tmp_path / "ck")
+    assert cli.main(["convert", "--hf", hf_split[0], "--out", out, "--dtype", "float32",
+                     "--mesh", "fsdp=2,tensor=4", "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"converted {len(hf_split[1])} tensors, 0.00 GB in ") and "peak memory" in line
+    assert cli.main(["verify", "--hf", hf_split[0], "--ckpt", out, "--length", "8"]) == 0
+    assert capsys.readouterr().out.strip().endswith("verify: OK")
+    # Weights that differ from the HF files: verify reports it and exits 1.
+    other = write_hf(str(tmp_path / "other"), CFG, random_tensors(CFG, seed=99))
+    assert cli.main(["verify", "--hf", other, "--ckpt", out, "--length", "8"]) == 1
+    assert "verify: FAILED" in capsys.readouterr().out
+    assert cli.main(["export", "--ckpt", out, "--hf", str(tmp_path / "back"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"exported {len(hf_split[1])} tensors")
+    assert cli.main(["convert", "--hf", hf_split[0], "--out", out, "--no-progress"]) == 2
+    assert "already holds a dsl-jax checkpoint" in capsys.readouterr().err
+
+
+def test_bin_pickles_through_torch(tmp_path, hf_split, converted, mesh1, monkeypatch):
+    import torch
+    path, tensors = hf_split
+    d = tmp_path / "bin"
+    d.mkdir()
+    with open(d / "config.json", "w") as f:
+        json.dump(CFG.to_hf_dict(), f)
+    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, str(d / "pytorch_model.bin"))
+    out = str(tmp_path / "ck")
+    convert(str(d), out, dtype="float32", mesh=mesh1, progress=False)
+    a = checkpoint.load(out, mesh=mesh1)
+    b = checkpoint.load(converted[0], mesh=mesh1)
+    for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # bfloat16 tensors in a .bin come through bit for bit.
+    d2 = tmp_path / "bin16"
+    d2.mkdir()
+    key = keymap.PREFIX + "blocks.1.wq.weight".replace("wq", "q_proj")
+    torch.save({key: torch.from_numpy(tensors[key]).to(torch.bfloat16)}, str(d2 / "pytorch_model.bin"))
+    (d2 / "config.json").write_text("{}")
+    got = hf_io.HFCheckpoint(str(d2)).read(key)
+    assert got.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(got, tensors[key].astype(ml_dtypes.bfloat16))
+    # Without torch: one clear line naming the extra.
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(UserError, match=r'pytorch_model\.bin: reading PyTorch \.bin files needs torch: '
+                                        r'pip install -e "\.\[verify\]"'):
+        convert(str(d), str(tmp_path / "ck2"), mesh=mesh1, progress=False)
+    with pytest.raises(UserError, match=r'verify needs torch and transformers: pip install -e "\.\[verify\]"'):
+        verify(path, converted[0])
