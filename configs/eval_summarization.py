@@ -17,9 +17,9 @@ def get_config():
     c.ckpt = ""  # dsl-jax checkpoint directory (required); DSL parameters needed for sde/ode
     c.tokenizer = ""  # LLaDA tokenizer.json; default: CKPT/tokenizer.json
     c.data_dir = ""  # prepared TFDS data dir (local or gs://); default $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.benchmarks = "xsum,cnn_dailymail,pubmed,arxiv,billsum"  # also: aeslc; "name:1.2.3" pins a TFDS version
+    c.benchmarks = "xsum,cnn_dailymail,pubmed,arxiv,billsum"  # also: aeslc (own prompt); "name:1.2.3" pins a TFDS version
     c.samplers = "sde,remask,eos_block"  # of sde, ode, remask, random, eos_block
-    c.nfe = "8,16,32,64"  # model forward passes per sample
+    c.nfe = "8,16,32,64"  # forward passes per sample (sde/ode: NFE/2 Heun steps + 1 final pass)
     c.split = "test"
     c.num_examples = 1000  # per benchmark
     c.max_words = 1500  # sources cut to their first words
@@ -30,6 +30,6 @@ def get_config():
     c.out_dir = "runs/eval"  # the run directory; a killed sweep resumes in it
     c.mesh = "fsdp=-1"  # mesh over this host's devices
     c.dtype = ""  # compute dtype override (float32, bfloat16); empty: the checkpoint's
-    c.generator = ""  # advanced: "module:factory" to evaluate another generator
+    c.generator = ""  # advanced: "module:factory"; factory(settings, tok) returns generate(prompts, sampler, nfe, gen_length, seed) -> id lists
     c.plots = True
     return c

@@ -220,6 +220,16 @@ def test_bad_input_is_one_error_line_before_sampling(world, tmp_path, capsys, mo
     assert rc == 2 and err.count("\n") == 0, err
     assert "checkpoint has no DSL parameters" in err and "sde" in err
 
+    # A budget the sampler cannot run: found before any sampling.
+    rc, err = cli(overrides(world, out, generator="", samplers="remask,eos_block", nfe="8,2",
+                            benchmarks="xsum", max_words=12) + [f"--config.ckpt={ckpt}"], capsys)
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "xsum: eos_block: nfe 2 is below the number of blocks 4" in err
+    # Prompts longer than the model can take.
+    rc, err = cli(overrides(world, out, generator="", samplers="remask", benchmarks="xsum")
+                  + [f"--config.ckpt={ckpt}"], capsys)
+    assert rc == 2 and err.count("\n") == 0 and "exceeds the model's maximum sequence length 256" in err
+
     assert not log.exists()  # nothing was sampled
     assert not (out / "cells").exists()
 

@@ -1,8 +1,10 @@
 """Benchmark examples from a prepared tensorflow-datasets data dir (DESIGN.md section 5).
 
-The protocol: the test split's indices are shuffled with seed 42 (numpy's
-``default_rng(42).permutation(N)``, what Hugging Face ``datasets.shuffle(seed=42)``
-does), examples with an empty source or reference are skipped, the first ``n``
+The protocol: the test split's indices (TFDS file order, which ``tfds build`` fixes
+for a given dataset version) are shuffled with seed 42 (numpy's
+``default_rng(42).permutation(N)``, the permutation Hugging Face ``datasets.shuffle(seed=42)``
+draws; TFDS's order differs from the Hugging Face copies' row order, so the examples
+are not the same ones), examples with an empty source or reference are skipped, the first ``n``
 (1,000) are kept, and each source is cut to its first 1,500 whitespace words
 (joined by single spaces). The data dir may be local or a bucket (``gs://...``);
 nothing is downloaded: the dataset must have been prepared there once with

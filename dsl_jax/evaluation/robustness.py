@@ -311,6 +311,8 @@ def plot_rows(path: str, rows: Sequence[dict]) -> str:
             ax.plot(x, [p[1] for p in pts], marker="o", color=c, label=f"{m}: fix")
             ax.plot(x, [p[2] for p in pts], marker="s", linestyle="--", color=c,
                     label=f"{m}: clean kept")
+        rates = sorted({100 * r["rate"] for r in rows if r["mode"] == mode})
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
         ax.set_title(f"{mode} corruption")
         ax.set_xlabel("corrupted positions (%)")
         ax.set_ylabel("rate (%)")

@@ -54,12 +54,24 @@ def register(sub):
     p = sub.add_parser(
         "eval", help="summarization sweeps with ROUGE, length and repetition",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_config_help(),
         usage="dsl-jax eval --config configs/eval_summarization.py [--config.KEY=VALUE ...]")
     from dsl_jax.configlib import add_config_arguments
     add_config_arguments(p, default="eval_summarization",
                          example="--config.ckpt=DIR --config.benchmarks=xsum,cnn_dailymail "
                                  "--config.nfe=8,16,32,64 --config.samplers=sde,remask,eos_block")
     p.set_defaults(func=run)
+
+
+def _config_help() -> str:
+    """The fields of configs/eval_summarization.py with their defaults and comments."""
+    from dsl_jax.configlib import resolve_path
+    try:
+        with open(resolve_path("eval_summarization")) as f:
+            lines = [ln.strip()[2:] for ln in f if ln.strip().startswith("c.")]
+    except Exception:  # an installed package without configs/: no field list
+        return ""
+    return "config fields (--config.KEY=VALUE):\n" + "\n".join("  " + ln for ln in lines)
 
 
 def run(args) -> int:
@@ -282,6 +294,15 @@ def prepare(settings: Settings):
                     f"{bench.key}: the longest prompt has {longest} tokens; with generation length "
                     f"{gen_length} it exceeds the model's maximum sequence length {max_len} "
                     "(lower --config.max_words or --config.gen_length)")
+        if not settings.generator:  # the samplers' own budget checks, before any sampling
+            from dsl_jax.sampling import schedules
+            for nfe in settings.nfe:
+                schedules.check_nfe(nfe)
+                if "eos_block" in settings.samplers:
+                    try:
+                        schedules.block_plan(gen_length, nfe, schedules.EOS_BLOCK_LENGTH)
+                    except UserError as e:
+                        raise UserError(f"{bench.key}: eos_block: {e}") from None
         loaded[bench.key] = (bench, examples, prompts, gen_length)
     return tok, loaded
 
