@@ -12,6 +12,7 @@ a temporary sibling directory renamed into place at the end.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -96,16 +97,17 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
         os.makedirs(tmp)
         writers = [SafetensorsWriter(os.path.join(tmp, n), s) for n, s in zip(names, shards)]
         for path, keys in by_param.items():
-            restored = checkpoint.restore_partial(ckpt, _nest(path, sds_at(path)))
-            value = np.asarray(jax.device_get(_get(restored, path)))
-            del restored
+            value = _restore_numpy(ckpt, path, sds_at(path))
             for key, layer, entry in keys:
                 part = value if layer is None else value[layer]
-                writers[file_of[key]].write(key, entry.to_torch(part, cfg))
+                writers[file_of[key]].write_rows(key, entry.to_torch(part, cfg))
                 done += 1
                 bar.update(part.nbytes)
                 bar.set_postfix_str(f"tensors {done}/{len(entries)}", refresh=False)
+            big = value.nbytes > 64 * 1024 * 1024
             del value
+            if big:
+                gc.collect()  # orbax's restore leaves reference cycles that hold the array
         for w in writers:
             w.close()
         writers = []
@@ -125,6 +127,31 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
     return {"out": out, "tensors": done, "bytes": total, "files": len(names),
             "seconds": time.perf_counter() - t0, "peak_rss_bytes": peak_rss_bytes(),
             "dsl": has_dsl}
+
+
+def _restore_numpy(ckpt, path, sds):
+    """One parameter of the checkpoint as a host numpy array (no device copy)."""
+    import orbax.checkpoint as ocp
+
+    from dsl_jax import checkpoint
+
+    checkpoint._check_shapes(ckpt, _nest(path, sds), _stored_tree(ckpt))
+    params_dir = os.path.join(os.path.abspath(ckpt), checkpoint.PARAMS_DIR)
+    restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=_nest(path, sds),
+        restore_args=_nest(path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=sds.dtype)),
+        partial_restore=True))
+    return np.asarray(_get(restored, path))
+
+
+def _stored_tree(ckpt):
+    import orbax.checkpoint as ocp
+
+    from dsl_jax import checkpoint
+    stored = ocp.PyTreeCheckpointer().metadata(
+        os.path.join(os.path.abspath(ckpt), checkpoint.PARAMS_DIR))
+    stored = getattr(stored, "item_metadata", stored)
+    return getattr(stored, "tree", stored)
 
 
 def _nest(path, value):

@@ -286,6 +286,22 @@ class SafetensorsWriter:
         self.f.write(memoryview(value.reshape(-1).view(np.uint8)))
         self.written.add(key)
 
+    def write_rows(self, key: str, value, chunk_bytes: int = 16 * 1024 * 1024) -> None:
+        """Write ``value`` (any array-like view, e.g. a transpose) row chunk by row chunk,
+        so that no contiguous copy of the whole tensor is made."""
+        start, n, dtype, shape = self.offsets[key]
+        require(tuple(np.shape(value)) == shape,
+                f"internal: {key} has shape {list(np.shape(value))}, header says {list(shape)}")
+        if len(shape) < 2:
+            return self.write(key, np.asarray(value, dtype))
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        step = max(1, chunk_bytes // max(1, row_bytes))
+        self.f.seek(self.base + start)
+        for a in range(0, shape[0], step):
+            part = np.ascontiguousarray(value[a:a + step], dtype=dtype)
+            self.f.write(memoryview(part.reshape(-1).view(np.uint8)))
+        self.written.add(key)
+
     def close(self) -> None:
         missing = set(self.offsets) - self.written
         self.f.flush()
