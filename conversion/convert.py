@@ -297,6 +297,8 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
     t0 = time.perf_counter()
     require(dtype in ("bfloat16", "float32"), f"--dtype must be bfloat16 or float32, got {dtype!r}")
     out = check_output(out, overwrite)
+    require(os.path.realpath(hf_dir) != os.path.realpath(out),
+            f"{out}: the output directory is the input directory")
     hf = HFCheckpoint(hf_dir)
     cfg = ModelConfig.from_hf_json(hf.config_path, param_dtype=dtype, dtype=dtype)
     llada, dsl, noise_dim = plan(hf, cfg)
