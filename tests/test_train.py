@@ -89,6 +89,19 @@ def test_dsl_training_learns_freezes_and_resumes_exactly(corpus, tmp_path):
     assert {"eval/ce_snr1", "eval/acc_snr50", "eval/infill_acc", "eval/beta"} <= set(evals[-1])
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(a))
 
+    # Starting points: a plain LLaDA gets a converter initialised from its wte (last
+    # column = wte[mask]); a DSL checkpoint (this run's final) is taken as it is.
+    from dsl_jax.train.loop import initial_model
+    from dsl_jax.train.step import model_config
+    cfg0 = cfg_for(corpus, a)
+    m0 = initial_model(cfg0, model_config(cfg0), mesh)
+    wte = np.asarray(init.embed[...])
+    np.testing.assert_array_equal(np.asarray(m0.converter.w[...]), np.r_[wte, wte[2:3]])
+    assert float(m0.converter.beta[...]) == 1.0
+    cfg1 = cfg_for(corpus, a, init_ckpt=final)
+    m1 = initial_model(cfg1, model_config(cfg1), mesh)
+    assert float(m1.converter.beta[...]) == float(m.converter.beta[...])
+
     # Killed after step 17 (last checkpoint at 10), started again: the same losses.
     assert train(cfg_for(corpus, b), progress=False, _stop_after=17) == ""
     assert max(losses(b)) == 17
