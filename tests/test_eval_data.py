@@ -123,3 +123,25 @@ def test_benchmark_table_matches_design():
         "xsum": 128, "cnn_dailymail": 256, "pubmed": 256, "arxiv": 256, "billsum": 256,
         "aeslc": 64}
     assert D.truncate_words("a  b\n\nc d", 3) == "a b c"
+
+
+def test_local_jsonl_benchmark_follows_the_same_protocol(prepared, tmp_path):
+    """``jsonl:FILE`` draws, skips, truncates and prompts exactly like a TFDS split."""
+    import json
+    data_dir, _, _ = prepared
+    path = tmp_path / "mine.jsonl"  # the prepared split's records, in its file order
+    rows = [{"document": d, "summary": s}
+            for d, s in raw_split(os.path.join(data_dir, "xsum", "1.0.0"))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = B.get(f"jsonl:{path}")
+    assert bench.key == "mine" and bench.gen_length == 128
+    local = D.load_examples(bench, None, n=20, seed=42)
+    from_tfds = D.load_examples(B.get("xsum"), data_dir, n=20, seed=42)
+    assert [(e.tfds_index, e.source, e.reference, e.user_message) for e in local] == \
+        [(e.tfds_index, e.source, e.reference, e.user_message) for e in from_tfds]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"document": "x"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: lacks the text field\(s\) \['summary'\]"):
+        D.load_examples(B.get(f"jsonl:{bad}"), None, n=5)
+    with pytest.raises(UserError, match="no such file"):
+        D.load_examples(B.get(f"jsonl:{tmp_path}/none.jsonl"), None, n=5)

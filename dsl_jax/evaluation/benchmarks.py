@@ -8,6 +8,7 @@ DESIGN.md gives it) and the generation length.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from dsl_jax.errors import require
 
@@ -23,6 +24,7 @@ class Benchmark:
     display: str  # column title in reports
     version: str | None = None  # TFDS version pinned by the user ("xsum:1.1.0"); else see below
     preferred_version: str | None = None  # DESIGN.md's version, used when prepared; else the newest
+    local_file: str | None = None  # a JSON-lines file read instead of TFDS (see :func:`get`)
 
     def build_prompt(self, source: str) -> str:
         return self.prompt.format(text=source)
@@ -56,7 +58,18 @@ DEFAULT_BENCHMARKS = ("xsum", "cnn_dailymail", "pubmed", "arxiv", "billsum")
 
 
 def get(name: str) -> Benchmark:
-    """The benchmark called ``name`` (a key, an alias or a TFDS name); one-line error if unknown."""
+    """The benchmark called ``name`` (a key, an alias or a TFDS name); one-line error if unknown.
+
+    ``jsonl:PATH`` names a local JSON-lines file of ``{"document": ..., "summary": ...}``
+    records, evaluated with XSum's prompt and generation length (the demo's test set, or
+    any data of one's own): the same drawing, truncation and prompting as a TFDS split.
+    """
+    if name.strip().startswith("jsonl:"):
+        path = name.strip()[len("jsonl:"):]
+        require(path, "benchmark jsonl: needs a file, e.g. jsonl:data/test.jsonl")
+        stem = os.path.splitext(os.path.basename(path))[0] or "jsonl"
+        return dataclasses.replace(BENCHMARKS["xsum"], key=stem, tfds_name="", display=stem,
+                                   local_file=path)
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if ":" in key:  # "cnn_dailymail:3.4.0" pins a TFDS version
         key, version = key.split(":", 1)
@@ -68,7 +81,8 @@ def get(name: str) -> Benchmark:
 
 
 def _unknown(name: str) -> str:
-    return f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}"
+    return (f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)} "
+            "or jsonl:FILE")
 
 
 def parse_list(value) -> list[str]:

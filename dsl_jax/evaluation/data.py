@@ -118,6 +118,26 @@ def open_builder(bench: Benchmark, data_dir: str, split: str = "test"):
     return builder
 
 
+def read_jsonl(path: str, fields) -> list[dict]:
+    """Records of a JSON-lines file, each holding ``fields`` as strings; one-line errors."""
+    import json
+
+    require(os.path.isfile(path), f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            missing = [k for k in fields if not isinstance(rec.get(k), str)]
+            require(not missing, f"{path}:{lineno}: lacks the text field(s) {missing}")
+            out.append(rec)
+    return out
+
+
 def _text(value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -133,6 +153,10 @@ def load_examples(bench: Benchmark, data_dir: str | None = None, n: int = DEFAUL
 
     require(n > 0, f"number of examples must be positive, got {n}")
     require(max_words > 0, f"max_words must be positive, got {max_words}")
+    if bench.local_file:
+        records = read_jsonl(bench.local_file, (bench.source_field, bench.summary_field))
+        return select(bench, ((r[bench.source_field], r[bench.summary_field]) for r in records),
+                      len(records), n, max_words, seed)
     data_dir = data_dir or default_data_dir()
     builder = open_builder(bench, data_dir, split)
     try:  # keep TensorFlow off accelerators: JAX owns them
@@ -140,16 +164,24 @@ def load_examples(bench: Benchmark, data_dir: str | None = None, n: int = DEFAUL
     except Exception:
         pass
     num = builder.info.splits[split].num_examples
-    rank = shuffled_ranks(num, seed)
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             read_config=tfds.ReadConfig(try_autocache=False))
     ds = ds.map(lambda ex: {bench.source_field: ex[bench.source_field],
                             bench.summary_field: ex[bench.summary_field]})
+    pairs = ((_text(ex[bench.source_field]), _text(ex[bench.summary_field]))
+             for ex in tfds.as_numpy(ds))
+    return select(bench, pairs, num, n, max_words, seed, what=f"the {split} split")
+
+
+def select(bench: Benchmark, pairs, num: int, n: int, max_words: int, seed: int,
+           what: str = "the file") -> list[Example]:
+    """The protocol on (source, reference) pairs in storage order, ``num`` of them: rank
+    by the seeded shuffle, skip empty ones, keep the ``n`` best, truncate, prompt."""
+    rank = shuffled_ranks(num, seed)
     heap: list[tuple[int, int, str, str]] = []  # (-rank, index, source, reference): the n best
-    for i, ex in enumerate(tfds.as_numpy(ds)):
-        require(i < num, f"{bench.key}: the {split} split holds more examples than its "
+    for i, (source, reference) in enumerate(pairs):
+        require(i < num, f"{bench.key}: {what} holds more examples than its "
                 f"dataset_info.json says ({num}); prepare the data dir again")
-        source, reference = _text(ex[bench.source_field]), _text(ex[bench.summary_field])
         if not source.strip() or not reference.strip():
             continue
         item = (-int(rank[i]), i, truncate_words(source, max_words), reference)
