@@ -192,3 +192,41 @@ def test_data_packing_hosts_and_resume(corpus):
     # Hosts read disjoint shares that cover the data.
     shares = [data_lib.DocumentSource(cfg, h, 3).docs for h in range(3)]
     assert sorted(sum(shares, [])) == sorted(corpus["texts"])
+
+
+def test_tfds_source_reads_prepared_split_per_host(tmp_path, corpus):
+    """A TFDS dataset prepared offline (TFDS's own download_and_prepare, nothing fetched)."""
+    import tensorflow_datasets as tfds
+
+    texts = [f"document {i} " + " ".join(WORDS[: 3 + i % 9]) for i in range(40)]
+
+    class TinyText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "tiny_text"
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "test data"}
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, t in enumerate(texts):
+                yield i, {"text": t}
+
+    TinyText(data_dir=str(tmp_path)).download_and_prepare()
+    over = ["data.source=tfds", "data.name=tiny_text", f"data.data_dir={tmp_path}"]
+    cfg = load_train_config("configs/dsl_small.py", over).data
+    shares = [list(data_lib.DocumentSource(cfg, h, 2).iterate(0, 0)) for h in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(texts) and len(shares[0]) == 20
+    src = data_lib.DocumentSource(cfg, 1, 2)
+    stream = data_lib.BlockStream(src, corpus["tok"], 16)
+    stream.next_rows(3)
+    saved = stream.state()
+    np.testing.assert_array_equal(data_lib.BlockStream(src, corpus["tok"], 16, state=saved)
+                                  .next_rows(4), stream.next_rows(4))
+    with pytest.raises(UserError, match="no prepared 'validation' split"):
+        data_lib.DocumentSource(load_train_config("configs/dsl_small.py",
+                                                  over + ["data.split=validation"]).data)
