@@ -2,7 +2,8 @@
 
 Runs a few random token sequences through the checkpoint (loaded in float32 compute
 on the current devices) and through ``transformers``' Llama with a zero 4-D mask
-built from the same Hugging Face files, then prints the largest absolute logit
+built from the same Hugging Face files (weights rounded to the checkpoint's stored
+dtype, computing in float32), then prints the largest absolute logit
 difference and the mean KL(torch || flax) of the next-token distributions. Exits
 with status 1 beyond tolerance. Needs the ``verify`` extra (torch, transformers).
 For a DSL-LLaDA checkpoint the DSL tensors are also compared exactly.
@@ -60,7 +61,11 @@ def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int =
     length = min(length, cfg.max_sequence_length)
     ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, length))
 
-    tensors = {k: ref.read().astype(np.float32) for k, ref in llada.items()}
+    # The reference gets the weights as the checkpoint stores them (rounded to bfloat16
+    # for a bfloat16 checkpoint), so that the comparison checks the conversion, not
+    # the precision chosen for it; both sides then compute in float32.
+    stored = np.dtype(jnp.dtype(cfg.param_dtype))
+    tensors = {k: ref.read().astype(stored).astype(np.float32) for k, ref in llada.items()}
     ref_model = torch_reference.build_llama(hf_cfg, tensors, dtype="float32")
     del tensors
     ref = torch_reference.llama_logits(ref_model, ids)
@@ -82,7 +87,8 @@ def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int =
             for p in entry.jax_path:
                 node = getattr(node, p)
             mine = entry.to_torch(np.asarray(node[...], np.float32), hf_cfg)
-            theirs = dsl[key].read().astype(np.float32).reshape(np.shape(mine))
+            theirs = dsl[key].read().astype(node[...].dtype).astype(np.float32).reshape(
+                np.shape(mine))
             dsl_diff = max(dsl_diff, float(np.max(np.abs(mine - theirs))))
     ok = diff <= atol and kl <= kl_tol and (dsl_diff is None or dsl_diff <= atol)
     return {"max_abs_diff": diff, "kl": kl, "max_abs_logit": float(np.max(np.abs(ref))),

@@ -340,3 +340,15 @@ def test_bin_pickles_through_torch(tmp_path, hf_split, converted, mesh1, monkeyp
         convert(str(d), str(tmp_path / "ck2"), mesh=mesh1, progress=False)
     with pytest.raises(UserError, match=r'verify needs torch and transformers: pip install -e "\.\[verify\]"'):
         verify(path, converted[0])
+
+
+def test_float32_source_to_bfloat16_checkpoint_verifies(hf_split, tmp_path, mesh1):
+    path, tensors = hf_split
+    out = str(tmp_path / "bf16")
+    convert(path, out, dtype="bfloat16", mesh=mesh1, progress=False)
+    m = checkpoint.load(out, mesh=mesh1)
+    key = keymap.PREFIX + "blocks.0.ff_proj.weight"
+    np.testing.assert_array_equal(np.asarray(m.blocks.w_gate[...])[0],
+                                  tensors[key].astype(ml_dtypes.bfloat16).T)
+    r = verify(path, out, length=8, mesh=mesh1)
+    assert r["ok"] and r["max_abs_diff"] < 1e-4
