@@ -130,7 +130,8 @@ def plot_all(out_dir: str, cells: Sequence, rows: dict) -> None:
             ax.set_xlabel("NFE")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, fname), dpi=120)
         plt.close(fig)

@@ -1,0 +1,349 @@
+"""``dsl-jax demo``: the whole pipeline at small scale, on any machine, in minutes.
+
+Stages (each shows progress; a finished stage is recorded in ``OUT/stages.json`` and
+skipped when the demo runs again, and the training stages resume from their own
+checkpoints, so an interrupted demo picks up where it stopped):
+
+1. ``data``      a small tokenizer with LLaDA's special tokens and chat template, trained
+                 on the package's deterministic corpus (:mod:`dsl_jax.demo_data`); the
+                 training rows (chat-templated prompt + summary, EOS-padded) and the test set;
+2. ``pretrain``  a small LLaDA-architecture model trained from scratch with the
+                 masked-diffusion objective;
+3. ``convert``   exported to Hugging Face safetensors and converted back with the real
+                 converter;
+4. ``dsl``/``mdm`` adapted with DSL, and, side by side, the masked-diffusion control with
+                 the same steps and data;
+5. ``eval``      summaries of the test set with DSL-SDE, its ODE and LLaDA's remasking at a
+                 few NFE budgets, scored with ROUGE against the untrained model and the
+                 lead baseline (the source's first words); the noisy-state robustness test;
+6. ``report``    ``OUT/report.md`` (tables), PNG plots, the table printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from dsl_jax.errors import require
+
+PROMPT = "Summarize the following text in one sentence:\n\n{text}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """The demo's scale. ``full`` is the README's demo; ``quick`` is what CI runs."""
+    vocab: int = 1024  # tokenizer training target (the corpus yields fewer)
+    seq_len: int = 96  # training rows: prompt + summary + EoT, EOS-padded
+    gen_length: int = 16  # response positions sampled
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    pretrain_steps: int = 400
+    adapt_steps: int = 150
+    batch: int = 32
+    lr_pretrain: float = 3e-3
+    lr_adapt: float = 1e-3
+    n_train: int = 4000
+    n_test: int = 48
+    nfe: tuple = (8, 16)
+    samplers: tuple = ("sde", "ode", "remask", "eos_block")
+    noise_dim: int = 48
+    robustness_rates: tuple = (0.1, 0.3)
+
+
+PROFILES = {
+    "full": DemoSettings(),
+    "quick": DemoSettings(pretrain_steps=30, adapt_steps=10, n_train=400, n_test=8, nfe=(8,),
+                          samplers=("sde", "remask"), d_model=64, n_layers=2, n_heads=2,
+                          robustness_rates=(0.1,)),
+}
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="run the whole pipeline at small scale on this machine",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); "
+                   "running again with the same directory resumes")
+    p.add_argument("--profile", default="full", choices=sorted(PROFILES),
+                   help="full: the README's demo (about 10 minutes on 2 CPU cores); quick: a "
+                        "reduced run that checks the pipeline end to end (CI)")
+    p.add_argument("--restart", action="store_true",
+                   help="forget finished stages in --out and run everything again")
+    p.set_defaults(func=run)
+
+
+# ---- stage bookkeeping -----------------------------------------------------------------
+
+class Stages:
+    """Finished stages and their results, in ``OUT/stages.json`` (written atomically)."""
+
+    def __init__(self, out: str, settings: DemoSettings, restart: bool):
+        self.path = os.path.join(out, "stages.json")
+        self.done: dict = {}
+        if os.path.isfile(self.path) and not restart:
+            with open(self.path) as f:
+                stored = json.load(f)
+            require(stored.get("settings") == _jsonable(settings),
+                    f"{out}: holds a demo of different settings; use another --out or --restart")
+            self.done = stored.get("done", {})
+        self.settings = settings
+
+    def run(self, name: str, fn, *args):
+        if name in self.done:
+            print(f"[demo] {name}: done before, skipped", file=sys.stderr)
+            return self.done[name]
+        print(f"[demo] {name} ...", file=sys.stderr)
+        t0 = time.time()
+        result = fn(*args)
+        self.done[name] = {"result": result, "seconds": round(time.time() - t0, 1)}
+        _write_json(self.path, {"settings": _jsonable(self.settings), "done": self.done})
+        print(f"[demo] {name}: {time.time() - t0:.0f} s", file=sys.stderr)
+        return self.done[name]
+
+
+def _jsonable(settings: DemoSettings) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: str, rows) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- stages ----------------------------------------------------------------------------
+
+def stage_data(out: str, s: DemoSettings) -> dict:
+    """Tokenizer, model config.json, training rows and the test set."""
+    from dsl_jax import demo_data
+    from dsl_jax.config import preset
+    from dsl_jax.tokenizer import Tokenizer, train_small
+
+    data = os.path.join(out, "data")
+    os.makedirs(data, exist_ok=True)
+    tok_path = os.path.join(data, "tokenizer.json")
+    tok: Tokenizer = train_small(demo_data.tokenizer_corpus(), vocab_size=s.vocab, path=tok_path)
+    rows = []
+    for e in demo_data.train_split(s.n_train):
+        text = tok.render_chat([{"role": "user", "content": PROMPT.format(text=e["document"])},
+                                {"role": "assistant", "content": e["summary"]}],
+                               add_generation_prompt=False)
+        rows.append({"text": text})
+    longest = max(len(tok.encode(r["text"])) for r in rows)
+    require(longest <= s.seq_len, f"demo: a training row has {longest} tokens > seq_len {s.seq_len}")
+    _write_jsonl(os.path.join(data, "train.jsonl"), rows)
+    _write_jsonl(os.path.join(data, "test.jsonl"), demo_data.test_split(s.n_test))
+    cfg = preset("tiny", vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers,
+                 n_heads=s.n_heads, n_kv_heads=s.n_heads, mlp_hidden_size=3 * s.d_model,
+                 max_sequence_length=max(128, s.seq_len), mask_token_id=tok.mask_id,
+                 eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+    _write_json(os.path.join(data, "config.json"), cfg.to_hf_dict())
+    return {"tokenizer": tok_path, "config": os.path.join(data, "config.json"),
+            "train": os.path.join(data, "train.jsonl"), "test": os.path.join(data, "test.jsonl"),
+            "vocab": tok.vocab_size, "longest_row": longest, "params": cfg.num_params()}
+
+
+def train_config(out: str, s: DemoSettings, data: dict, name: str, objective: str, steps: int,
+                 lr: float, init_ckpt: str = ""):
+    """A training run config of the demo, from the small CPU config."""
+    from dsl_jax.train.loop import load_train_config
+
+    over = [f"objective={objective}", f"steps={steps}", f"global_batch={s.batch}",
+            f"seq_len={s.seq_len}", f"optimizer.lr={lr}", "optimizer.warmup_steps=20",
+            "optimizer.weight_decay=0.01", f"data.files={data['train']}", "data.pack=false",
+            f"data.tokenizer={data['tokenizer']}", f"dsl.noise_dim={s.noise_dim}",
+            f"out_dir={os.path.join(out, name)}", f"save_every={max(10, steps // 4)}",
+            "eval.every=0", f"log_every={max(1, steps // 20)}", "mesh=fsdp=-1"]
+    over += [f"init_ckpt={init_ckpt}", "model="] if init_ckpt else [f"model={data['config']}"]
+    return load_train_config("dsl_small", over)
+
+
+def stage_train(out, s, data, name, objective, steps, lr, init_ckpt=""):
+    from dsl_jax.train.loop import train
+    return {"ckpt": train(train_config(out, s, data, name, objective, steps, lr, init_ckpt))}
+
+
+def stage_convert(out: str, pretrained: str) -> dict:
+    """Export the pretrained model to Hugging Face files and convert them back."""
+    from conversion.convert import convert
+    from conversion.export import export
+
+    hf = os.path.join(out, "hf")
+    ckpt = os.path.join(out, "converted")
+    exported = export(pretrained, hf, overwrite=True)
+    converted = convert(hf, ckpt, dtype="float32", overwrite=True)
+    return {"hf": hf, "ckpt": ckpt, "export": exported, "convert": converted}
+
+
+def stage_untrained(out: str, data: dict) -> dict:
+    """The same architecture with its random initial weights: the floor of the comparison."""
+    from dsl_jax import checkpoint, config, model
+
+    path = os.path.join(out, "untrained")
+    m = model.create(config.ModelConfig.from_hf_json(data["config"]), seed=0)
+    checkpoint.save_model(path, m, overwrite=True)
+    return {"ckpt": path}
+
+
+def stage_eval(out: str, s: DemoSettings, data: dict, name: str, ckpt: str, samplers, nfes) -> dict:
+    """One summarization sweep (the real ``dsl-jax eval`` code) over the demo test set."""
+    from dsl_jax.evaluation.sweep import Settings, run_sweep
+
+    settings = Settings(ckpt=ckpt, tokenizer=data["tokenizer"], data_dir="",
+                        benchmarks=[f"jsonl:{data['test']}"], samplers=list(samplers),
+                        nfe=list(nfes), out_dir=os.path.join(out, "eval", name),
+                        num_examples=s.n_test, gen_length=s.gen_length, batch_size=s.n_test)
+    rows = run_sweep(settings)
+    return {"out_dir": settings.out_dir, "cells": [
+        {k: r[k] for k in ("sampler", "nfe", "rouge1", "rouge2", "rougeL", "words",
+                           "empty_rate", "repetition")} for r in rows.values()]}
+
+
+def stage_lead(out: str, s: DemoSettings, data: dict) -> dict:
+    """The trivial baseline: the source's first k words, k the mean training summary length."""
+    from dsl_jax import demo_data
+    from dsl_jax.evaluation import benchmarks, data as eval_data, metrics
+
+    k = round(sum(len(e["summary"].split()) for e in demo_data.train_split(s.n_train))
+              / s.n_train)
+    examples = eval_data.load_examples(benchmarks.get(f"jsonl:{data['test']}"), None, s.n_test)
+    rows = [metrics.example_metrics(e.reference, " ".join(e.source.split()[:k]))
+            for e in examples]
+    return {"first_words": k, **metrics.cell_metrics(rows)}
+
+
+def stage_robustness(out: str, s: DemoSettings, data: dict, ckpts: dict) -> dict:
+    from dsl_jax import checkpoint
+    from dsl_jax.evaluation.data import read_jsonl
+    from dsl_jax.evaluation.robustness import run_robustness, write_reports
+    from dsl_jax.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(data["tokenizer"])
+    texts = [tok.encode(r["document"]) for r in read_jsonl(data["test"], ("document",))]
+    models = {name: (checkpoint.load_dsl(path) if checkpoint.has_dsl(path) else checkpoint.load(path))
+              for name, path in ckpts.items()}
+    rows = run_robustness(models, texts, rates=s.robustness_rates, modes=("random", "neighbour"),
+                          seed=0, batch_size=len(texts), progress=True)
+    write_reports(os.path.join(out, "robustness"), rows)
+    return {"rows": rows}
+
+
+def report(out: str, s: DemoSettings, results: dict) -> str:
+    """``OUT/report.md`` and ``OUT/rouge1_vs_nfe.png`` from the stages' results."""
+    lead, sweeps = results["lead"], results["sweeps"]
+    lines = ["# dsl-jax demo", "",
+             f"{s.n_test} held-out examples of the demo corpus, generation length {s.gen_length}; "
+             f"model {results['data']['params'] / 1e6:.2f}M parameters, "
+             f"MDM pretraining {s.pretrain_steps} steps, DSL and MDM-control adaptation "
+             f"{s.adapt_steps} steps each.", "",
+             "## Summaries: ROUGE F1 (%)", "",
+             "| Model | Sampler | NFE | R-1 | R-2 | R-L | words | empty % | repetition % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def num(x, scale=1.0, d=1):
+        return "-" if x is None else f"{x * scale:.{d}f}"
+
+    lines.append(f"| lead baseline (first {lead['first_words']} words) | - | - | {num(lead['rouge1'])} | "
+                 f"{num(lead['rouge2'])} | {num(lead['rougeL'])} | {num(lead['words'])} | "
+                 f"{num(lead['empty_rate'], 100)} | {num(lead['repetition'], 100)} |")
+    from dsl_jax.evaluation.report import SAMPLER_NAMES
+    for model_name, sweep in sweeps.items():
+        for c in sweep["cells"]:
+            lines.append(f"| {model_name} | {SAMPLER_NAMES.get(c['sampler'], c['sampler'])} | "
+                         f"{c['nfe']} | {num(c['rouge1'])} | {num(c['rouge2'])} | "
+                         f"{num(c['rougeL'])} | {num(c['words'])} | {num(c['empty_rate'], 100)} | "
+                         f"{num(c['repetition'], 100)} |")
+    rob = os.path.join(out, "robustness", "robustness.md")
+    if os.path.isfile(rob):
+        with open(rob) as f:
+            lines += ["", f.read().strip()]
+    lines += ["", "Per-example outputs: eval/MODEL/cells/*/*/examples.jsonl; plots: "
+              "rouge1_vs_nfe.png, robustness/robustness.png; stage timings: stages.json."]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    _plot(out, lead, sweeps)
+    return text
+
+
+def _plot(out: str, lead: dict, sweeps: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsl_jax.evaluation.report import SAMPLER_NAMES
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    nfes = set()
+    for model_name, sweep in sweeps.items():
+        by_sampler: dict = {}
+        for c in sweep["cells"]:
+            by_sampler.setdefault(c["sampler"], []).append((c["nfe"], c["rouge1"]))
+        for sampler, pts in by_sampler.items():
+            pts.sort()
+            nfes.update(n for n, _ in pts)
+            ax.plot([n for n, _ in pts], [r for _, r in pts], marker="o",
+                    label=f"{model_name}: {SAMPLER_NAMES.get(sampler, sampler)}")
+    ax.axhline(lead["rouge1"], color="grey", linestyle="--", label="lead baseline")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(nfes), [str(n) for n in sorted(nfes)])
+    ax.minorticks_off()
+    ax.set_xlabel("NFE (model forward passes)")
+    ax.set_ylabel("ROUGE-1 F1 (%)")
+    ax.set_title("dsl-jax demo: summaries of held-out examples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "rouge1_vs_nfe.png"), dpi=120)
+    plt.close(fig)
+
+
+# ---- the command -----------------------------------------------------------------------
+
+def run(args) -> int:
+    s = PROFILES[args.profile]
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+    st = Stages(out, s, args.restart)
+    data = st.run("data", stage_data, out, s)["result"]
+    pre = st.run("pretrain", stage_train, out, s, data, "pretrain", "mdm", s.pretrain_steps,
+                 s.lr_pretrain)["result"]
+    conv = st.run("convert", stage_convert, out, pre["ckpt"])["result"]
+    dsl = st.run("dsl", stage_train, out, s, data, "dsl", "dsl", s.adapt_steps, s.lr_adapt,
+                 conv["ckpt"])["result"]
+    mdm = st.run("mdm", stage_train, out, s, data, "mdm", "mdm", s.adapt_steps, s.lr_adapt,
+                 conv["ckpt"])["result"]
+    untrained = st.run("untrained", stage_untrained, out, data)["result"]
+    remask = [x for x in s.samplers if x not in ("sde", "ode")]
+    top = (max(s.nfe),)
+    sweeps = {
+        "DSL": st.run("eval DSL", stage_eval, out, s, data, "dsl", dsl["ckpt"], s.samplers,
+                      s.nfe)["result"],
+        "MDM control": st.run("eval MDM control", stage_eval, out, s, data, "mdm", mdm["ckpt"],
+                              remask, s.nfe)["result"],
+        "MDM pretrained": st.run("eval pretrained", stage_eval, out, s, data, "pretrained",
+                                 conv["ckpt"], ("remask",), top)["result"],
+        "untrained": st.run("eval untrained", stage_eval, out, s, data, "untrained",
+                            untrained["ckpt"], ("remask",), top)["result"],
+    }
+    lead = st.run("lead baseline", stage_lead, out, s, data)["result"]
+    st.run("robustness", stage_robustness, out, s, data,
+           {"pretrained": conv["ckpt"], "MDM control": mdm["ckpt"], "DSL": dsl["ckpt"]})
+    text = report(out, s, {"data": data, "lead": lead, "sweeps": sweeps})
+    print(text)
+    print(f"[demo] finished in {time.time() - t0:.0f} s; report: {os.path.join(out, 'report.md')}",
+          file=sys.stderr)
+    return 0
