@@ -68,7 +68,8 @@ def run(args) -> int:
                 "total GiB": f"{m['total'] / 2**30:.2f}",
                 "HBM": f"{100 * m['total'] / f['hbm_bytes']:.0f}% of {f['hbm_bytes'] / 2**30:.0f}",
                 "fits": "yes" if f["fits"] else "no",
-                "step ms": f"{1e3 * f['estimate']['step_seconds']:.0f}",
+                "step ms": (f"{1e3 * f['estimate']['step_seconds']:.0f}"
+                            if f["estimate"]["step_seconds"] else "n/a"),
                 "MFU": f"{100 * f['mfu']:.0f}%" if f.get("mfu") else "",
                 "compile s": f"{f['compile_seconds']:.0f}",
             })

@@ -23,10 +23,13 @@ FLOPs and time. XLA's cost model counts the body of every loop once, and the mod
 scans its layers (and the train step scans micro-batches and loss chunks), so its
 raw ``flops``/``optimal_seconds`` cover one layer, not 32. compile-check counts the
 program's matmul FLOPs from its jaxpr twice, with loop trip counts and with each
-loop body once; the ratio (the "loop factor") scales the compiler's figures into a
-step estimate. Model FLOPs (for MFU) are the usual analytic count: 2 (forward) or 6
-(trained) x matmul parameters x tokens, plus attention, frozen weights at 4 (forward
-and input gradient), no rematerialisation.
+loop body once; the ratio (the "loop factor") scales the compiler's optimal time into
+a step estimate. That assumes the work outside the loops (the optimizer update,
+memory-bound) scales like the loop bodies, so the step estimate errs long and the MFU
+estimate errs low; both are estimates, not measurements. Model FLOPs (for MFU) are
+the usual analytic count: 2 (forward) or 6 (trained) x matmul parameters x tokens,
+plus attention, frozen weights at 4 (forward and input gradient), no
+rematerialisation.
 """
 
 from __future__ import annotations
@@ -142,14 +145,18 @@ def _on_tpu_host() -> bool:
 
 @contextlib.contextmanager
 def _quiet_libtpu(topology: Topology):
-    """Off a TPU VM, libtpu's first load queries the GCE metadata server and warns about
-    the missing accelerator type and worker names. Give it harmless single-host values
-    (restored afterwards) so that a compile-only topology loads silently."""
+    """Off a TPU VM, libtpu's first load queries the GCE metadata server, warns about
+    the missing accelerator type and worker names, and takes a machine-wide lock file.
+    Give it harmless single-host values (restored afterwards) so that a compile-only
+    topology loads silently, beside other processes doing the same."""
     if _on_tpu_host():
         yield
         return
+    # ALLOW_MULTIPLE_LIBTPU_LOAD: compile-only devices touch no TPU, so two processes
+    # (parallel test workers, two checks) need not fight over /tmp/libtpu_lockfile.
     values = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": topology.slice_name,
-              "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}
+              "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0",
+              "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     saved = {k: os.environ.get(k) for k in values}
     for k, v in values.items():
         os.environ.setdefault(k, v)
@@ -457,10 +464,11 @@ def analyse(compiled, traced, topology: Topology, info: dict, compile_s: float) 
     loop_factor = full / once if once else 1.0
     c_flops = float(cost.get("flops", 0.0))
     c_seconds = float(cost.get("optimal_seconds", 0.0))
-    step_s = c_seconds * loop_factor
+    # v4's cost model has been seen returning a negative optimal time: no estimate then.
+    step_s = c_seconds * loop_factor if c_seconds > 0 else None
     mc = info["model_cfg"]
     mesh = info["mesh"]
-    mfu = info["model_flops"] / (chips * gen.peak_flops * step_s) if step_s > 0 else None
+    mfu = info["model_flops"] / (chips * gen.peak_flops * step_s) if step_s else None
     return {
         "what": info["what"], "topology": topology.name, "libtpu_topology": topology.libtpu_name,
         "slice": topology.slice_name, "chips": chips, "device_kind": gen.name,
@@ -511,13 +519,15 @@ def report(f: dict) -> None:
           f"optimal {c['optimal_seconds'] * 1e3:.2f} ms")
     e = f["estimate"]
     trips = f["jaxpr_matmul_flops"]["loop_trip_counts"]
+    step = (f"step estimate {e['step_seconds'] * 1e3:.1f} ms = optimal x loop factor "
+            f"{f['loop_factor']:.2f}" if e["step_seconds"] else
+            "no step estimate (the compiler's optimal time is not positive)")
     print(f"program per chip: {e['matmul_flops_per_chip']:.3e} matmul FLOPs (jaxpr, loop trip "
-          f"counts {trips}); step estimate {e['step_seconds'] * 1e3:.1f} ms = optimal x loop factor "
-          f"{f['loop_factor']:.2f}")
+          f"counts {trips}); {step}")
     mfu = f"{100 * f['mfu']:.1f}%" if f["mfu"] is not None else "n/a"
     print(f"model FLOPs per step {f['model_flops']:.3e} ({f['model_flops_formula']}); "
           f"estimated MFU {mfu} at {f['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip "
-          f"(an upper bound: optimal_seconds is the compiler's best case)")
+          f"(step = compiler's optimal time x loop factor: an estimate, not a measurement)")
 
 
 def _write_json(path: str | None, data: dict) -> None:
