@@ -214,6 +214,11 @@ def test_compile_check_tiny_forward_fits(tmp_path, capsys):
     assert f["jaxpr_matmul_flops"]["with_trip_counts"] == pytest.approx(f["model_flops"])
     assert f["compiler"]["flops"] > 0 and f["compiler"]["optimal_seconds"] > 0
     assert 0 < f["mfu"] < 1
+    # v4's cost model can return a negative optimal time: then no step or MFU estimate.
+    f["estimate"]["step_seconds"], f["mfu"] = None, None
+    compile_check.report(f)
+    out = capsys.readouterr().out
+    assert "no step estimate" in out and "estimated MFU n/a" in out
 
 
 def test_compile_check_8b_on_one_v5e_chip_does_not_fit(tmp_path, capsys):
