@@ -250,7 +250,8 @@ def run(args) -> int:
         "largest_param_bytes": largest_param, "rss_imports_bytes": rss_imports,
         "rss_read_bytes": rss_read, "rss_convert_bytes": rss_conv, "read_seconds": read["seconds"],
         "convert_seconds": conv["seconds"], "convert_wall_seconds": conv_wall,
-        "read_gb_per_s": read_gbs, "copy_seconds": copy["seconds"], "copy_gb_per_s": copy_gbs, "convert_gb_per_s": conv_gbs, "output_bytes": out_bytes,
+        "read_gb_per_s": read_gbs, "copy_seconds": copy["seconds"], "copy_gb_per_s": copy_gbs,
+        "convert_gb_per_s": conv_gbs, "output_bytes": out_bytes,
         "devices": args.devices, "source_dtype": args.source_dtype, "dtype": args.dtype,
         "config": {"n_layers": cfg.n_layers, "d_model": cfg.d_model,
                    "mlp_hidden_size": cfg.mlp_hidden_size, "vocab_size": cfg.vocab_size}})

@@ -6,8 +6,9 @@ dsl-jax model is assembled on its own: its device shards are filled from lazily 
 tensors (layer by layer for the stacked ``blocks/*``; a layer's tensors may live in
 different shards, the index decides), put onto the mesh with the parameter's
 sharding, written with an orbax partial save, and freed. Host memory peaks near one
-parameter (the largest of the largest tensor and the largest stacked parameter)
-plus fixed overhead, never the whole checkpoint. Everything goes into a temporary
+parameter (the larger of the largest tensor and the largest stacked parameter)
+plus fixed overhead, never the whole checkpoint; on accelerators stacked parameters
+are built on the devices one layer at a time, so the host holds one layer's tensor. Everything goes into a temporary
 sibling directory renamed into place at the end: the output is complete or absent.
 
 Also reads the released DSL-LLaDA checkpoints: the LLaDA keys plus
@@ -223,6 +224,34 @@ def assemble(sds, sources, cfg, on_tensor, stacked: bool):
     return out
 
 
+def assemble_layerwise(sds, sources, cfg, on_tensor):
+    """A stacked parameter built on the devices one layer at a time.
+
+    Each layer's shards are filled on the host and put on the devices, then written
+    into the stacked device array with a donated in-place update: host memory holds
+    one layer's tensor, device memory the parameter plus one layer. This is the path
+    for accelerators, where device memory is not host memory.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    shape, dtype, sharding = tuple(sds.shape), np.dtype(sds.dtype), sds.sharding
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    if spec[0] is not None:  # the layers axis itself is sharded: fill shards on the host
+        return assemble(sds, sources, cfg, on_tensor, stacked=True)
+    layer = jax.ShapeDtypeStruct(shape[1:], dtype,
+                                 sharding=NamedSharding(sharding.mesh, P(*spec[1:])))
+    acc = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+    update = jax.jit(lambda a, x, i: jax.lax.dynamic_update_index_in_dim(a, x, i, 0),
+                     donate_argnums=0, out_shardings=sharding)
+    for i, source in enumerate(sources):
+        x = assemble(layer, [source], cfg, on_tensor, stacked=False)
+        acc = update(acc, x, i)
+        del x
+    return acc
+
+
 # ---- the conversion ----------------------------------------------------------------------
 
 
@@ -274,13 +303,17 @@ def _get(tree, path):
 
 
 def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, layerwise: bool | None = None) -> dict:
     """Convert a Hugging Face LLaDA (or DSL-LLaDA) directory into a dsl-jax checkpoint ``out``.
 
     ``dtype`` is the stored parameter dtype (``bfloat16`` or ``float32``; the DSL
     noise embedding, ``beta`` and ``logit_bias`` stay float32 as in the model).
     ``mesh`` is where the parameters are assembled (default: the current mesh or all
-    devices on ``fsdp``). Returns a summary dict: tensors, bytes, seconds,
+    devices on ``fsdp``). ``layerwise`` builds stacked parameters on the devices one
+    layer at a time (host memory: one layer's tensor); the default is on for
+    accelerators and off for CPU devices, whose memory is host memory (there each
+    stacked parameter is filled in host buffers that become the device arrays
+    without a copy). Returns a summary dict: tensors, bytes, seconds,
     peak_rss_bytes, largest_tensor_bytes, largest_param_bytes, out.
     """
     import jax
@@ -305,6 +338,8 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
     used = {**llada, **(dsl or {})}
     if mesh is None:
         mesh = checkpoint.current_mesh_or_default()
+    if layerwise is None:
+        layerwise = mesh.devices.flat[0].platform != "cpu"
 
     if dsl:
         dsl_cfg = DSLConfig(noise_dim=noise_dim)
@@ -352,8 +387,11 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
         # Largest parameters first: the peak is then reached early and stays put.
         order = sorted(jobs, key=lambda p: -int(np.prod(flat_target[p].shape, dtype=np.int64)))
         for path in order:
-            arr = assemble(flat_target[path], jobs[path], cfg, on_tensor,
-                           stacked=path[:2] == ("model", "blocks"))
+            if path[:2] == ("model", "blocks") and layerwise:
+                arr = assemble_layerwise(flat_target[path], jobs[path], cfg, on_tensor)
+            else:
+                arr = assemble(flat_target[path], jobs[path], cfg, on_tensor,
+                               stacked=path[:2] == ("model", "blocks"))
             big = arr.nbytes > CHUNK_BYTES
             _partial_save(orbax_tmp, _nest(path, arr))
             del arr

@@ -156,7 +156,9 @@ def test_round_trip_identical(tmp_path, dtype):
     tensors = random_tensors(CFG, seed=5, dsl=True)
     src = write_hf(str(tmp_path / "src"), CFG, tensors, dtype=np_dtype)
     ck = str(tmp_path / "ck")
-    convert(src, ck, dtype=dtype, mesh=sharding.make_mesh({"fsdp": 2, "tensor": 4}), progress=False)
+    # layerwise: the accelerator path (stacked parameters built on the devices layer by layer).
+    convert(src, ck, dtype=dtype, mesh=sharding.make_mesh({"fsdp": 2, "tensor": 4}), progress=False,
+            layerwise=True)
     back = str(tmp_path / "back")
     s = export(ck, back, max_shard_bytes=20_000, progress=False)
     assert s["files"] > 2
@@ -233,7 +235,8 @@ def test_shape_disagrees_with_config(tmp_path, mesh1):
     t = random_tensors(CFG, seed=7)
     t[keymap.PREFIX + "blocks.1.up_proj.weight"] = np.zeros((CFG.mlp_hidden_size + 1, CFG.d_model), np.float32)
     _bad(tmp_path, mesh1, lambda d: None,
-         r"tensor model\.transformer\.blocks\.1\.up_proj\.weight has shape \[193, 64\] but config\.json implies \[192, 64\]",
+         r"tensor model\.transformer\.blocks\.1\.up_proj\.weight has shape \[193, 64\] "
+         r"but config\.json implies \[192, 64\]",
          tensors=t)
 
 
