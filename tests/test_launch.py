@@ -237,6 +237,9 @@ def test_compile_check_8b_on_one_v5e_chip_does_not_fit(tmp_path, capsys):
     (["--model", "tiny", "--length", "100000"], "exceeds the model's maximum"),
     (["--what", "train"], "needs --config"),
     (["--config.global_batch=8"], "need --config"),
+    (["--config", "configs/dsl_llada_8b.py", "--config.nope=1"], "unknown config key 'nope'"),
+    (["--config", "configs/dsl_llada_8b.py", "--config.global_batch=12"],
+     "do not divide over the mesh's batch axes"),
 ])
 def test_compile_check_bad_input(capsys, argv, message):
     rc, out, err = run_cli(["compile-check", *argv], capsys)
