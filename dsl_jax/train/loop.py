@@ -2,6 +2,12 @@
 
     dsl-jax train --config configs/dsl_llada_8b.py --config.init_ckpt=CKPT [--config.KEY=VALUE ...]
 
+Configs: configs/dsl_llada_8b.py (the 8B DSL recipe), configs/mdm_llada_8b.py (the
+masked-diffusion control), configs/dsl_small.py (a small model on CPU). Every field is
+listed, with its meaning, in dsl_jax/train/__init__.py (default_config): objective,
+model, init_ckpt, dtype, steps, global_batch, micro_batches, seq_len, mesh, dsl.*,
+optimizer.*, data.*, eval.*, out_dir, save_every, keep, log_every, seed.
+
 What a run writes under ``out_dir``:
 
     config.json          the run config
