@@ -59,6 +59,11 @@ def build_parser(load_all: bool = False, only: str | None = None) -> argparse.Ar
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        from launch.distributed import default_platforms
+        default_platforms()
+    except ImportError:  # launch/ not installed
+        pass
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in SUBCOMMANDS else None)
     args = parser.parse_args(argv)

@@ -139,17 +139,14 @@ def parse_topology(name: str) -> Topology:
     return Topology(name, gen, shape, m.group(3) or "")
 
 
-def _on_tpu_host() -> bool:
-    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
-
-
 @contextlib.contextmanager
 def _quiet_libtpu(topology: Topology):
     """Off a TPU VM, libtpu's first load queries the GCE metadata server, warns about
     the missing accelerator type and worker names, and takes a machine-wide lock file.
     Give it harmless single-host values (restored afterwards) so that a compile-only
     topology loads silently, beside other processes doing the same."""
-    if _on_tpu_host():
+    from launch.distributed import on_tpu_host
+    if on_tpu_host():
         yield
         return
     # ALLOW_MULTIPLE_LIBTPU_LOAD: compile-only devices touch no TPU, so two processes

@@ -28,6 +28,25 @@ _FALSE = ("0", "false", "no", "off", "")
 _started = False
 
 
+def on_tpu_host() -> bool:
+    """Whether this machine has TPU chips attached (a TPU VM)."""
+    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
+
+
+def default_platforms(environ=None) -> None:
+    """Off a TPU VM, keep the installed libtpu from probing for TPUs (metadata-server
+    queries, pages of warnings): unless ``JAX_PLATFORMS`` is set, use CUDA where its
+    plugin is installed, else the CPU."""
+    import importlib.util
+
+    env = os.environ if environ is None else environ
+    if env.get("JAX_PLATFORMS") is not None or on_tpu_host():
+        return
+    cuda = any(importlib.util.find_spec(m) is not None
+               for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+    env["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+
+
 def should_initialize(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this process runs on a multi-host slice and must start ``jax.distributed``."""
     from dsl_jax.errors import UserError
