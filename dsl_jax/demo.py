@@ -319,7 +319,7 @@ def run(args) -> int:
     t0 = time.time()
     st = Stages(out, s, args.restart)
     data = st.run("data", stage_data, out, s)["result"]
-    pre = st.run("pretrain", stage_train, out, s, data, "pretrain", "mdm", s.pretrain_steps,
+    pre = st.run("pretrain", stage_train, out, s, data, "pretrain", "pretrain", s.pretrain_steps,
                  s.lr_pretrain)["result"]
     conv = st.run("convert", stage_convert, out, pre["ckpt"])["result"]
     dsl = st.run("dsl", stage_train, out, s, data, "dsl", "dsl", s.adapt_steps, s.lr_adapt,

@@ -16,7 +16,8 @@ def default_config():
     import ml_collections
 
     c = ml_collections.ConfigDict()
-    c.objective = "dsl"  # "dsl" (DSL adaptation) or "mdm" (masked-diffusion control)
+    c.objective = "dsl"  # "dsl" (DSL adaptation), "mdm" (masked-diffusion control, LM head
+    # frozen like DSL's) or "pretrain" (the masked-diffusion objective, every parameter trains)
     c.model = ""  # preset name or config.json; empty: init_ckpt's model
     c.init_ckpt = ""  # dsl-jax checkpoint (dsl-jax convert / a previous run); empty: random init
     c.dtype = "bfloat16"  # compute dtype; parameters and optimizer state are float32

@@ -82,7 +82,7 @@ def initial_model(cfg, mc, mesh):
     if not cfg.init_ckpt:
         return create_sharded(model_builder(cfg, mc), mesh)
     run = run_overrides(cfg)
-    if cfg.objective == "mdm":
+    if cfg.objective != "dsl":
         return checkpoint.load(cfg.init_ckpt, mesh, **run)
     if checkpoint.has_dsl(cfg.init_ckpt):
         return checkpoint.load_dsl(cfg.init_ckpt, mesh, **run)

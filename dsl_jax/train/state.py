@@ -11,6 +11,8 @@ Which parameters train (DESIGN.md section 3):
 - ``mdm``: the masked-diffusion control trains the blocks, ``ln_f`` and wte (its
   inputs go through wte); the LM head is frozen as in DSL so that both arms train
   the same backbone.
+- ``pretrain``: the masked-diffusion objective with every parameter trained, the LM
+  head included (training a model from scratch, as the demo does).
 
 Frozen parameters get no optimizer state and are never updated (bit-identical).
 
@@ -33,8 +35,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dsl_jax.errors import require
 from dsl_jax.sharding import state_shardings
 
-OBJECTIVES = ("dsl", "mdm")
-FROZEN = {"dsl": ("lm_head", "embed"), "mdm": ("lm_head",)}
+OBJECTIVES = ("dsl", "mdm", "pretrain")
+FROZEN = {"dsl": ("lm_head", "embed"), "mdm": ("lm_head",), "pretrain": ()}
 
 
 def trainable_filter(objective: str):
