@@ -23,6 +23,7 @@ setup(
         "rouge-score==0.1.2",
         "tensorflow-datasets==4.9.10",
         "tensorflow-cpu==2.21.0",
+        "importlib_resources>=6.0",  # tensorflow-datasets' builders import it (`tfds build`)
         "numpy>=1.26",
         "tqdm>=4.66",
         "matplotlib>=3.8",
