@@ -233,6 +233,8 @@ def run(args) -> int:
         {"figure": "peak RSS convert / largest tensor", "value": f"{rss_conv / largest_tensor:.2f}"},
         {"figure": "(peak RSS convert - overhead) / largest tensor",
          "value": f"{(rss_conv - rss_imports) / largest_tensor:.2f}"},
+        {"figure": "(peak RSS convert - overhead) / largest converted parameter",
+         "value": f"{(rss_conv - rss_imports) / largest_param:.2f}"},
         {"figure": "plain read throughput", "value": f"{read_gbs:.2f} GB/s ({read['seconds']:.1f} s)"},
         {"figure": "convert throughput (source bytes)",
          "value": f"{conv_gbs:.3f} GB/s ({conv['seconds']:.1f} s; {conv_wall:.1f} s with start-up)"},
