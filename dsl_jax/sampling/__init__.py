@@ -178,12 +178,14 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
         model = model.llada
     cfg = model.cfg
     graphdef, state = nnx.split(model)
+    model_mesh = _model_mesh(state)
     if mesh is None:
-        mesh = _model_mesh(state)
-        if mesh is None:
+        if model_mesh is None:
             from dsl_jax.sharding import make_mesh
             mesh = make_mesh()
-    elif _model_mesh(state) != mesh:  # move the parameters onto the requested mesh
+        else:
+            mesh = model_mesh
+    if model_mesh != mesh:  # move the parameters onto the requested mesh, as in training
         from dsl_jax.sharding import state_shardings
         state = jax.device_put(state, state_shardings(state, mesh))
     n = len(prompts)

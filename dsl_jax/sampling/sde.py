@@ -13,6 +13,12 @@ and one Heun step from s to s' with dW = sqrt(|s' - s|) xi:
 
 x_hat is any function (y, s) -> [B, G, d]; :func:`x_hat_from_logits` turns logits into the
 top-k posterior mean. Everything here is pure JAX: the loop is one ``lax.fori_loop``.
+
+A property of these equations worth knowing: for the SDE drift, a Heun step from s to
+r s contracts the deviation y - x_hat by exactly 1/r whatever r is, but the ODE's halved
+drift is not stable for large r. The sensitive grid's first step is 0.01 -> 7 (r = 700)
+for N < 40, where a Heun ODE step multiplies the deviation by about -87; at NFE 4 (N = 2)
+even an oracle denoiser then ends far from its target (tests use NFE >= 8 for the ODE).
 """
 
 from __future__ import annotations
