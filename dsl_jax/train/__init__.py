@@ -55,7 +55,7 @@ def default_config():
         blocks=8,  # held-out blocks per host (taken from the start of the stream, never trained on)
         snrs="1,5,10,20,50",
     ))
-    c.out_dir = "runs/train"
+    c.out_dir = "runs/train"  # a local path every host sees (on pods: NFS or a gcsfuse mount)
     c.save_every = 100
     c.keep = 3  # checkpoints kept
     c.log_every = 10
