@@ -355,3 +355,19 @@ def test_float32_source_to_bfloat16_checkpoint_verifies(hf_split, tmp_path, mesh
                                   tensors[key].astype(ml_dtypes.bfloat16).T)
     r = verify(path, out, length=8, mesh=mesh1)
     assert r["ok"] and r["max_abs_diff"] < 1e-4
+
+
+def test_export_of_a_saved_dsl_model(tmp_path, mesh1):
+    """Training writes checkpoints with save_model; they export and convert back unchanged."""
+    from dsl_jax.dsl import DSLConfig, create_dsl
+    m = create_dsl(CFG, DSLConfig(noise_dim=NOISE_DIM), mesh1, seed=3)
+    ck = str(tmp_path / "trained")
+    checkpoint.save_model(ck, m)
+    export(ck, str(tmp_path / "hf"), progress=False)
+    convert(str(tmp_path / "hf"), str(tmp_path / "back"), dtype="float32", mesh=mesh1, progress=False)
+    a = nnx.to_pure_dict(nnx.state(m, (nnx.Param, nnx.Variable)))
+    b = nnx.to_pure_dict(nnx.state(checkpoint.load_dsl(str(tmp_path / "back"), mesh=mesh1),
+                                   (nnx.Param, nnx.Variable)))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
