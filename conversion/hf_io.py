@@ -26,6 +26,7 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from conversion.torch_reference import TORCH_EXTRA
 from dsl_jax.errors import UserError, require
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -41,8 +42,6 @@ ST_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 NP_TO_ST = {v: k for k, v in ST_DTYPES.items()}
-
-TORCH_EXTRA = 'pip install -e ".[verify]"'
 
 
 def st_dtype_name(dtype) -> str:

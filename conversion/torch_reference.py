@@ -27,13 +27,16 @@ _LAYER_NAMES = {
 }
 
 
-def import_torch():
+TORCH_EXTRA = 'pip install -e ".[verify]"'
+
+
+def import_torch(purpose: str = "the PyTorch reference"):
+    """(torch, transformers), or one clear error naming the extra that installs them."""
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
-        raise UserError("the PyTorch reference needs torch and transformers: "
-                        "pip install 'dsl-jax[verify]'") from None
+        raise UserError(f"{purpose} needs torch and transformers: {TORCH_EXTRA}") from None
     return torch, transformers
 
 

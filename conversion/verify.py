@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from dsl_jax.errors import UserError, require
+from dsl_jax.errors import require
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -37,14 +37,10 @@ def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int =
     Returns max_abs_diff, kl, max_abs_logit (reference scale), dsl_max_abs_diff (or
     None) and ok (both within tolerance, and DSL tensors equal within ``atol``).
     """
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        raise UserError('verify needs torch and transformers: pip install -e ".[verify]"') from None
+    from conversion import keymap, torch_reference
+    torch_reference.import_torch("verify")
     import jax.numpy as jnp
 
-    from conversion import keymap, torch_reference
     from conversion.convert import plan
     from conversion.hf_io import HFCheckpoint
     from dsl_jax import checkpoint
