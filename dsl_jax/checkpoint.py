@@ -116,7 +116,7 @@ def load(path: str, mesh=None, **run: Any):
     Returns a :class:`dsl_jax.model.LLaDA` whose parameters are sharded on the mesh.
     """
     from dsl_jax.model import build
-    from dsl_jax.sharding import make_mesh, state_shardings
+    from dsl_jax.sharding import state_shardings
 
     meta = read_meta(path)
     cfg = model_config(meta, source=os.path.join(path, META_FILE), **run)

@@ -11,12 +11,11 @@ import shlex
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from dsl_jax import cli
 from dsl_jax.errors import UserError
-from launch import compile_check, distributed, pod
+from launch import compile_check, distributed
 
 
 def run_cli(argv, capsys):

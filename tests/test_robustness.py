@@ -7,7 +7,6 @@ import math
 import os
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -52,7 +51,7 @@ def np_logits(m, ids):
     """LLaDA's forward in float64 numpy, written from DESIGN.md section 2."""
     p = {k: np.asarray(v, np.float64) for k, v in m.blocks.weights().items()}
     cfg = m.cfg
-    eps, H, Dh = cfg.rms_norm_eps, cfg.n_heads, cfg.head_dim
+    eps, Dh = cfg.rms_norm_eps, cfg.head_dim
     rms = lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w  # noqa: E731
     T = len(ids)
     inv = 1.0 / cfg.rope_theta ** (np.arange(0, Dh, 2) / Dh)

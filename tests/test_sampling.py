@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsl_jax import config, dsl, sharding
+from dsl_jax import config, dsl
 from dsl_jax.errors import UserError
 from dsl_jax.sampling import generate, load_model, schedules
 from dsl_jax.sampling.remask import remask_sample, sample_x0

@@ -237,14 +237,12 @@ def test_bad_input_is_one_error_line_before_sampling(world, tmp_path, capsys, mo
 def test_eval_end_to_end_on_a_tiny_real_checkpoint(world, tmp_path, capsys):
     """``dsl-jax eval`` with the real samplers on a tiny DSL checkpoint: remask and sde at
     NFE 4 on a few XSum examples; outputs equal a direct call of the sampler."""
-    import jax
 
     from dsl_jax import config, sampling
     from dsl_jax.checkpoint import save_model
     from dsl_jax.dsl import DSLConfig
     from dsl_jax.evaluation import generation, sweep
     from dsl_jax.sharding import make_mesh
-    from dsl_jax.tokenizer import Tokenizer
 
     assert sweep.SAMPLERS == sampling.SAMPLERS and generation.DSL_SAMPLERS == sampling.DSL_SAMPLERS
     from flax import nnx

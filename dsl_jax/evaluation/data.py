@@ -120,21 +120,13 @@ def open_builder(bench: Benchmark, data_dir: str, split: str = "test"):
 
 def read_jsonl(path: str, fields) -> list[dict]:
     """Records of a JSON-lines file, each holding ``fields`` as strings; one-line errors."""
-    import json
+    from dsl_jax.textfiles import iter_jsonl
 
-    require(os.path.isfile(path), f"{path}: no such file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            missing = [k for k in fields if not isinstance(rec.get(k), str)]
-            require(not missing, f"{path}:{lineno}: lacks the text field(s) {missing}")
-            out.append(rec)
+    for lineno, rec in iter_jsonl(path):
+        missing = [k for k in fields if not (isinstance(rec, dict) and isinstance(rec.get(k), str))]
+        require(not missing, f"{path}:{lineno}: lacks the text field(s) {missing}")
+        out.append(rec)
     return out
 
 

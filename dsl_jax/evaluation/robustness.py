@@ -330,25 +330,10 @@ def plot_rows(path: str, rows: Sequence[dict]) -> str:
 def read_texts(path: str) -> list[str]:
     """Texts of a ``.txt`` file (one per non-empty line) or a ``.jsonl`` file (a string,
     or an object with a ``text`` field, per line)."""
-    require(os.path.isfile(path), f"--texts {path}: no such file")
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                text = obj if isinstance(obj, str) else obj.get("text") if isinstance(obj, dict) else None
-                require(isinstance(text, str), f"{path}:{n}: expected a string or an object "
-                        "with a 'text' field")
-                texts.append(text)
-        else:
-            require(path.endswith(".txt"), f"--texts {path}: expected a .txt or .jsonl file")
-            texts = [line.strip() for line in f if line.strip()]
-    texts = [t for t in texts if t.strip()]
+    from dsl_jax.textfiles import read_texts as read
+
+    require(path.endswith((".txt", ".jsonl")), f"--texts {path}: expected a .txt or .jsonl file")
+    texts = read(path, "text")
     require(texts, f"--texts {path}: no text in the file")
     return texts
 

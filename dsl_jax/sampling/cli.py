@@ -50,23 +50,11 @@ def register(sub):
 
 
 def read_prompts(path: str) -> list[str]:
-    from dsl_jax.errors import UserError, require
-    require(os.path.isfile(path), f"{path}: no such prompts file")
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if isinstance(rec, dict):
-                require(isinstance(rec.get("prompt"), str),
-                        f"{path}:{n}: expected an object with a string \"prompt\" field")
-                rec = rec["prompt"]
-            require(isinstance(rec, str), f"{path}:{n}: expected a JSON string or object")
-            out.append(rec)
+    """Prompts of a ``.jsonl`` file (a string, or an object with a ``prompt`` field, per line)."""
+    from dsl_jax.errors import require
+    from dsl_jax.textfiles import read_texts
+
+    out = read_texts(path, "prompt")
     require(out, f"{path}: no prompts")
     return out
 

@@ -22,7 +22,6 @@ passed back on resume.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Iterator
 
@@ -62,25 +61,9 @@ def list_files(spec: str) -> list[str]:
 
 
 def read_file_documents(paths: list[str], text_field: str = "text") -> list[str]:
-    docs: list[str] = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                if path.endswith(".jsonl"):
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                    require(isinstance(obj, dict) and isinstance(obj.get(text_field), str),
-                            f"{path}:{lineno}: expected an object with a string {text_field!r} field")
-                    text = obj[text_field]
-                else:
-                    text = line
-                if text.strip():
-                    docs.append(text)
+    from dsl_jax.textfiles import read_texts
+
+    docs = [text for path in paths for text in read_texts(path, text_field)]
     require(docs, f"data.files: no documents in {', '.join(paths)}")
     return docs
 

@@ -33,7 +33,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -182,7 +181,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     from dsl_jax.sharding import make_mesh, parse_mesh
     from dsl_jax.train import data as data_lib
     from dsl_jax.train.state import init_train_state, to_model
-    from dsl_jax.train.step import build_train_step, check_batch, make_eval_fn, model_config
+    from dsl_jax.train.step import build_train_step, check_batch, model_config
 
     # Every check that can fail on bad input runs before any compute.
     validate(cfg)
