@@ -42,12 +42,12 @@ class DemoSettings:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
-    pretrain_steps: int = 400
+    pretrain_steps: int = 800
     adapt_steps: int = 150
     batch: int = 32
-    lr_pretrain: float = 3e-3
+    lr_pretrain: float = 1e-3
     lr_adapt: float = 1e-3
-    n_train: int = 4000
+    n_train: int = 40000  # fresh examples: the model must learn to copy, not memorise
     n_test: int = 48
     nfe: tuple = (8, 16)
     samplers: tuple = ("sde", "ode", "remask", "eos_block")
@@ -136,16 +136,11 @@ def stage_data(out: str, s: DemoSettings) -> dict:
     os.makedirs(data, exist_ok=True)
     tok_path = os.path.join(data, "tokenizer.json")
     tok: Tokenizer = train_small(demo_data.tokenizer_corpus(), vocab_size=s.vocab, path=tok_path)
-    rows = []
-    for e in demo_data.train_split(s.n_train):
-        text = tok.render_chat([{"role": "user", "content": PROMPT.format(text=e["document"])},
-                                {"role": "assistant", "content": e["summary"]}],
-                               add_generation_prompt=False)
-        rows.append({"text": text})
+    rows = [{"text": chat_row(tok, e)} for e in demo_data.train_split(s.n_train)]
     longest = max(len(tok.encode(r["text"])) for r in rows)
     require(longest <= s.seq_len, f"demo: a training row has {longest} tokens > seq_len {s.seq_len}")
     _write_jsonl(os.path.join(data, "train.jsonl"), rows)
-    _write_jsonl(os.path.join(data, "test.jsonl"), demo_data.test_split(s.n_test))
+    _write_jsonl(os.path.join(data, "test.jsonl"), demo_data.test_split(s.n_test, s.n_train))
     cfg = preset("tiny", vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers,
                  n_heads=s.n_heads, n_kv_heads=s.n_heads, mlp_hidden_size=3 * s.d_model,
                  max_sequence_length=max(128, s.seq_len), mask_token_id=tok.mask_id,
@@ -153,7 +148,15 @@ def stage_data(out: str, s: DemoSettings) -> dict:
     _write_json(os.path.join(data, "config.json"), cfg.to_hf_dict())
     return {"tokenizer": tok_path, "config": os.path.join(data, "config.json"),
             "train": os.path.join(data, "train.jsonl"), "test": os.path.join(data, "test.jsonl"),
-            "vocab": tok.vocab_size, "longest_row": longest, "params": cfg.num_params()}
+            "vocab": tok.vocab_size, "longest_row": longest, "params": cfg.num_params(),
+            "prompt_end_id": tok.end_header_id}
+
+
+def chat_row(tok, example: dict) -> str:
+    """A summarization example as one chat-templated row: prompt, summary, end of turn."""
+    return tok.render_chat([{"role": "user", "content": PROMPT.format(text=example["document"])},
+                            {"role": "assistant", "content": example["summary"]}],
+                           add_generation_prompt=False)
 
 
 def train_config(out: str, s: DemoSettings, data: dict, name: str, objective: str, steps: int,
@@ -162,11 +165,12 @@ def train_config(out: str, s: DemoSettings, data: dict, name: str, objective: st
     from dsl_jax.train.loop import load_train_config
 
     over = [f"objective={objective}", f"steps={steps}", f"global_batch={s.batch}",
-            f"seq_len={s.seq_len}", f"optimizer.lr={lr}", "optimizer.warmup_steps=20",
+            f"seq_len={s.seq_len}", f"optimizer.lr={lr}", "optimizer.warmup_steps=50",
             "optimizer.weight_decay=0.01", f"data.files={data['train']}", "data.pack=false",
             f"data.tokenizer={data['tokenizer']}", f"dsl.noise_dim={s.noise_dim}",
             f"out_dir={os.path.join(out, name)}", f"save_every={max(10, steps // 4)}",
-            "eval.every=0", f"log_every={max(1, steps // 20)}", "mesh=fsdp=-1"]
+            "eval.every=0", f"log_every={max(1, steps // 20)}", "mesh=fsdp=-1",
+            f"prompt_end_id={data['prompt_end_id']}"]  # train on the summaries (LLaDA's SFT)
     over += [f"init_ckpt={init_ckpt}", "model="] if init_ckpt else [f"model={data['config']}"]
     return load_train_config("dsl_small", over)
 
@@ -231,8 +235,10 @@ def stage_robustness(out: str, s: DemoSettings, data: dict, ckpts: dict) -> dict
     from dsl_jax.evaluation.robustness import run_robustness, write_reports
     from dsl_jax.tokenizer import Tokenizer
 
+    # The demo's models learn summaries given a prompt (their training rows), so the
+    # clean texts are the test examples' chat rows: prompt, summary and end of turn.
     tok = Tokenizer.from_file(data["tokenizer"])
-    texts = [tok.encode(r["document"]) for r in read_jsonl(data["test"], ("document",))]
+    texts = [tok.encode(chat_row(tok, r)) for r in read_jsonl(data["test"], ("document", "summary"))]
     models = {name: (checkpoint.load_dsl(path) if checkpoint.has_dsl(path) else checkpoint.load(path))
               for name, path in ckpts.items()}
     rows = run_robustness(models, texts, rates=s.robustness_rates, modes=("random", "neighbour"),

@@ -55,9 +55,10 @@ def train_split(n: int = 4000) -> list[dict]:
     return dataset(n, seed=1)
 
 
-def test_split(n: int = 64) -> list[dict]:
-    """Held-out examples (a different seed; overlap with training is by chance only)."""
-    train = {e["document"] for e in train_split()}
+def test_split(n: int = 64, n_train: int = 4000) -> list[dict]:
+    """Held-out examples: a different seed, and none whose document is among the first
+    ``n_train`` training examples."""
+    train = {e["document"] for e in train_split(n_train)}
     return [e for e in dataset(4 * n, seed=2) if e["document"] not in train][:n]
 
 

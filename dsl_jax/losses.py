@@ -11,6 +11,11 @@
   replaced by the mask id with probability p, loss = sum over masked tokens of
   CE / p, divided by B*L.
 
+Both take an optional ``response`` mask [B, L] (:func:`response_mask`) for chat rows,
+as LLaDA's supervised fine-tuning does: prompt positions are never masked (MDM) or
+noised (DSL: they enter through wte, as the samplers feed prompts), carry no loss, and
+the normalisation counts response positions only (B*L when every position is response).
+
 Memory: the converter's float32 softmax over V + 1 entries and the LM head's
 float32 logits are both computed ``chunk`` sequence positions at a time (all rows
 of the batch together, so the batch sharding is kept) and recomputed in the
@@ -113,11 +118,25 @@ def token_nll(llada, hidden: jax.Array, targets: jax.Array,
 
 # ---- the objectives ----------------------------------------------------------------
 
+def response_mask(ids: jax.Array, prompt_end_id: int) -> jax.Array:
+    """[B, L] bool: the positions after the last ``prompt_end_id`` of each row (LLaDA's
+    ``<|end_header_id|>`` ends the assistant header); every position where it is absent."""
+    pos = jnp.arange(ids.shape[1], dtype=jnp.int32)
+    last = jnp.max(jnp.where(ids == prompt_end_id, pos, -1), axis=1, keepdims=True)
+    return pos[None, :] > last
+
+
 def dsl_loss_from_noisy(model, z: jax.Array, ids: jax.Array, chunk: int = 1024,
-                        weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                        weights: jax.Array | None = None,
+                        response: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Mean CE of LLaDA(inputs_embeds = converter(z)) against ``ids`` (all positions, or
-    weighted by ``weights`` [B, L]); returns (loss, {"loss", "accuracy"})."""
+    weighted by ``weights`` [B, L]); with ``response`` [B, L], the other (prompt)
+    positions take wte(ids) and carry no loss. Returns (loss, {"loss", "accuracy"})."""
     h = embed_noisy(model, z, chunk)
+    if response is not None:
+        h = jnp.where(response[..., None], h, model.llada.embed_ids(ids))
+        r = response.astype(jnp.float32)
+        weights = r if weights is None else weights * r
     hidden = model.llada.hidden_states(h)
     nll, correct = token_nll(model.llada, hidden, ids, chunk)
     if weights is None:
@@ -129,9 +148,11 @@ def dsl_loss_from_noisy(model, z: jax.Array, ids: jax.Array, chunk: int = 1024,
 
 
 def dsl_loss(model, ids: jax.Array, rng: jax.Array, chunk: int | None = None,
-             snr: jax.Array | None = None) -> tuple[jax.Array, dict]:
+             snr: jax.Array | None = None,
+             response: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """The DSL training loss on clean ids [B, L]: SNRs from :func:`sample_snr` (or the
-    given ``snr`` [B, L]), noise eps ~ N(0, I_d), z = s E[x] + sqrt(s) eps."""
+    given ``snr`` [B, L]), noise eps ~ N(0, I_d), z = s E[x] + sqrt(s) eps; ``response``
+    as in :func:`dsl_loss_from_noisy`."""
     dsl = model.dsl
     chunk = chunk or dsl.converter_chunk
     k_snr, k_eps = jax.random.split(rng)
@@ -139,7 +160,7 @@ def dsl_loss(model, ids: jax.Array, rng: jax.Array, chunk: int | None = None,
         snr = sample_snr(k_snr, ids.shape, dsl)
     eps = jax.random.normal(k_eps, (*ids.shape, dsl.noise_dim), jnp.float32)
     z = add_noise(ids, snr, eps, model.noise_embed[...])
-    loss, metrics = dsl_loss_from_noisy(model, z, ids, chunk)
+    loss, metrics = dsl_loss_from_noisy(model, z, ids, chunk, response=response)
     metrics["beta"] = model.converter.beta[...].astype(jnp.float32)
     metrics["snr_mean"] = jnp.mean(snr)
     return loss, metrics
@@ -155,20 +176,29 @@ def mdm_draw(rng: jax.Array, shape: tuple[int, int], eps: float = MDM_EPS):
     return masked, p
 
 
-def mdm_objective(nll: jax.Array, masked: jax.Array, p: jax.Array) -> jax.Array:
-    """sum over masked tokens of CE / p, divided by B*L (nll [B, L], p [B, 1])."""
-    return jnp.sum(jnp.where(masked, nll / p, 0.0)) / nll.size
+def mdm_objective(nll: jax.Array, masked: jax.Array, p: jax.Array,
+                  n_positions: jax.Array | int | None = None) -> jax.Array:
+    """sum over masked tokens of CE / p, divided by B*L (nll [B, L], p [B, 1]) or by
+    ``n_positions`` (the response positions of SFT rows)."""
+    n = nll.size if n_positions is None else jnp.maximum(n_positions, 1)
+    return jnp.sum(jnp.where(masked, nll / p, 0.0)) / n
 
 
 def mdm_loss(llada, ids: jax.Array, rng: jax.Array, mask_id: int | None = None,
-             chunk: int = 1024, eps: float = MDM_EPS) -> tuple[jax.Array, dict]:
-    """The masked-diffusion control loss of a plain LLaDA on clean ids [B, L]."""
+             chunk: int = 1024, eps: float = MDM_EPS,
+             response: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """The masked-diffusion control loss of a plain LLaDA on clean ids [B, L]; with
+    ``response`` [B, L] only response positions are masked and counted."""
     mask_id = llada.cfg.mask_token_id if mask_id is None else mask_id
     masked, p = mdm_draw(rng, ids.shape, eps)
+    n_positions = None
+    if response is not None:
+        masked = masked & response
+        n_positions = jnp.sum(response)
     x = jnp.where(masked, mask_id, ids)
     hidden = llada.hidden_states(llada.embed_ids(x))
     nll, correct = token_nll(llada, hidden, ids, chunk)
-    loss = mdm_objective(nll, masked, p)
+    loss = mdm_objective(nll, masked, p, n_positions)
     n_masked = jnp.maximum(jnp.sum(masked), 1)
     return loss, {"loss": loss,
                   "accuracy": jnp.sum(correct & masked) / n_masked,

@@ -13,7 +13,7 @@ from scipy import stats
 from dsl_jax import config
 from dsl_jax.dsl import Converter, DSLConfig, DSLModel, add_noise, converter_apply, noise_embedding
 from dsl_jax.losses import (dsl_loss, dsl_loss_from_noisy, embed_noisy, mdm_draw, mdm_loss,
-                            mdm_objective, sample_snr, token_nll)
+                            mdm_objective, response_mask, sample_snr, token_nll)
 
 
 # ---- float64 numpy reference of DESIGN.md section 3 ----------------------------------
@@ -200,3 +200,51 @@ def test_token_nll_chunking_is_exact(tiny_dsl):
     for chunk in (1, 4, 11, 64):
         nll, _ = token_nll(llada, h, t, chunk)
         np.testing.assert_allclose(np.asarray(nll), ref, rtol=1e-5, atol=1e-5)
+
+
+# ---- chat rows: responses only (LLaDA's SFT) -------------------------------------------
+
+def test_response_mask_is_after_the_last_header_end():
+    ids = jnp.asarray([[9, 4, 7, 4, 8, 8], [9, 9, 9, 9, 9, 9], [4, 1, 4, 1, 1, 4]])
+    want = [[0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]]
+    np.testing.assert_array_equal(np.asarray(response_mask(ids, 4)), np.asarray(want, bool))
+
+
+def test_mdm_loss_on_responses_only_matches_formula():
+    cfg = config.preset("tiny", dtype="float32")
+    from dsl_jax.model import LLaDA
+    m = LLaDA(cfg, rngs=nnx.Rngs(params=0))
+    ids = np.random.default_rng(4).integers(6, cfg.vocab_size, (4, 10))
+    ids[:, 3] = 4  # the prompt ends at position 3 (rows 0-2) or 6 (row 3)
+    ids[3, 6] = 4
+    response = np.asarray(response_mask(jnp.asarray(ids), 4))
+    assert response.sum() == 3 * 6 + 3
+    rng = jax.random.PRNGKey(3)
+    masked, p = (np.asarray(x) for x in mdm_draw(rng, ids.shape))
+    masked = masked & response
+    assert masked.any()
+    x = np.where(masked, cfg.mask_token_id, ids)
+    ce = np_ce(np.asarray(m(jnp.asarray(x))), ids)
+    want = (ce * masked / p).sum() / response.sum()
+    loss, _ = mdm_loss(m, jnp.asarray(ids), rng, chunk=3, response=jnp.asarray(response))
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_dsl_loss_on_responses_feeds_prompts_through_wte(tiny_dsl):
+    m = tiny_dsl
+    E, beta, b, W, c = _params(m)
+    r = np.random.default_rng(2)
+    ids = r.integers(0, E.shape[0], (2, 12))
+    response = np.arange(12)[None] >= np.asarray([[5], [8]])
+    snr = r.uniform(0.5, 40.0, (2, 12)).astype(np.float32)
+    eps = r.standard_normal((2, 12, E.shape[1])).astype(np.float32)
+    z64 = np_noise(ids, snr, eps, E)
+    h = np_converter(z64, E, beta, b, W, c)
+    wte = np.asarray(m.llada.embed[...], np.float64)
+    h = np.where(response[..., None], h, wte[ids]).astype(np.float32)
+    logits = np.asarray(m.llada(inputs_embeds=jnp.asarray(h)))
+    ref = np_ce(logits, ids)[response].mean()
+    loss, metrics = dsl_loss_from_noisy(m, jnp.asarray(z64, jnp.float32), jnp.asarray(ids),
+                                        chunk=5, response=jnp.asarray(response))
+    assert abs(float(loss) - ref) < 1e-5 * max(1.0, abs(ref))
+    assert abs(float(metrics["accuracy"]) - (logits.argmax(-1) == ids)[response].mean()) < 1e-6

@@ -28,6 +28,9 @@ def default_config():
     c.micro_batches = 1  # gradient accumulation: the global batch is split into this many
     c.seq_len = 4096
     c.mesh = "fsdp=-1"  # mesh over all devices: data, fsdp, tensor sizes; -1: the rest
+    c.prompt_end_id = -1  # >= 0: chat rows (data.pack=False) train on responses only, as in
+    # LLaDA's SFT: positions up to the row's last token of this id (<|end_header_id|>, 126347
+    # for LLaDA) are the prompt, never masked or noised, with no loss; -1: every position
     c.loss_chunk = 0  # sequence positions per chunk of the V+1 softmax / logits; 0: dsl.converter_chunk
 
     c.dsl = ml_collections.ConfigDict(dict(

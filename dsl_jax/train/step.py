@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dsl_jax import config as config_lib
 from dsl_jax.dsl import DSLConfig, add_noise, build_dsl
 from dsl_jax.errors import require
-from dsl_jax.losses import dsl_loss, dsl_loss_from_noisy, mdm_loss, token_nll
+from dsl_jax.losses import dsl_loss, dsl_loss_from_noisy, mdm_loss, response_mask, token_nll
 from dsl_jax.model import build
 from dsl_jax.train.state import (OBJECTIVES, Partition, TrainState, abstract_train_state,
                                  make_optimizer, schedule)
@@ -130,12 +130,15 @@ def check_batch(cfg, mesh, mc: config_lib.ModelConfig) -> tuple[int, int, int]:
 
 # ---- the step ------------------------------------------------------------------------
 
-def loss_fn_for(part: Partition, objective: str, chunk: int):
+def loss_fn_for(part: Partition, objective: str, chunk: int, prompt_end_id: int = -1):
+    """The objective's loss; with ``prompt_end_id`` >= 0, chat rows train on their
+    responses only (:func:`dsl_jax.losses.response_mask`)."""
     def loss_fn(params, frozen, ids, rng):
         model = part.merge(params, frozen)
+        response = response_mask(ids, prompt_end_id) if prompt_end_id >= 0 else None
         if objective == "dsl":
-            return dsl_loss(model, ids, rng, chunk)
-        return mdm_loss(model, ids, rng, chunk=chunk)
+            return dsl_loss(model, ids, rng, chunk, response=response)
+        return mdm_loss(model, ids, rng, chunk=chunk, response=response)
 
     return loss_fn
 
@@ -144,9 +147,10 @@ def _tree_add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def make_train_step(part: Partition, optimizer, opt_cfg, chunk: int, mesh=None):
+def make_train_step(part: Partition, optimizer, opt_cfg, chunk: int, mesh=None,
+                    prompt_end_id: int = -1):
     """The pure ``train_step(state, batch, rng) -> (state, metrics)`` (not yet jitted)."""
-    loss_fn = loss_fn_for(part, part.objective, chunk)
+    loss_fn = loss_fn_for(part, part.objective, chunk, prompt_end_id)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     lr_at = schedule(opt_cfg)
 
@@ -277,7 +281,8 @@ def _build_train_step(cfg, mesh) -> TrainSetup:
     part, abstract_state, shardings = abstract_train_state(abstract_model, cfg.objective,
                                                            optimizer, mesh)
     chunk = int(cfg.get("loss_chunk", 0) or (dsl.converter_chunk if dsl else 1024))
-    fn = make_train_step(part, optimizer, cfg.optimizer, chunk, mesh)
+    fn = make_train_step(part, optimizer, cfg.optimizer, chunk, mesh,
+                         int(cfg.get("prompt_end_id", -1)))
     rep = NamedSharding(mesh, P())
     batch_sh = NamedSharding(mesh, P(None, BATCH_AXES, None))
     step = jax.jit(fn, in_shardings=(shardings, batch_sh, rep), out_shardings=(shardings, rep),
