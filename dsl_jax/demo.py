@@ -69,7 +69,7 @@ def register(sub):
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); "
                    "running again with the same directory resumes")
     p.add_argument("--profile", default="full", choices=sorted(PROFILES),
-                   help="full: the README's demo (about 10 minutes on 2 CPU cores); quick: a "
+                   help="full: the README's demo (about 7 minutes on 2 CPU cores); quick: a "
                         "reduced run that checks the pipeline end to end (CI)")
     p.add_argument("--restart", action="store_true",
                    help="forget finished stages in --out and run everything again")
