@@ -31,6 +31,7 @@ import warnings
 
 import numpy as np
 
+from conversion import keymap
 from dsl_jax.errors import UserError, require
 
 CHUNK_BYTES = 64 * 1024 * 1024  # rows of a 2-D tensor are read in chunks of about this size
@@ -91,7 +92,6 @@ def plan(hf, cfg):
     Returns (llada, dsl, noise_dim): ``llada`` maps a LLaDA key to its TensorRef;
     ``dsl`` is the same for DSL keys (None for a plain LLaDA checkpoint).
     """
-    from conversion import keymap
 
     llada, dsl = {}, {}
     for key, ref in hf.tensors.items():
@@ -158,7 +158,6 @@ def fill_jax_layout(out, ref, entry, cfg, index):
     no cast or column slice is needed; other tensors (per-layer attention weights,
     vectors) are read whole and rearranged.
     """
-    from conversion import keymap
 
     if len(ref.shape) == 2 and entry.to_jax in (keymap._same, keymap._t):
         transposed = entry.to_jax is keymap._t
@@ -289,19 +288,6 @@ def _write_checkpoint_metadata(params_dir):
                    "commit_timestamp_nsecs": now, "custom_metadata": {}}, f)
 
 
-def _nest(path, value):
-    tree = value
-    for p in reversed(path):
-        tree = {p: tree}
-    return tree
-
-
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite: bool = False,
             progress: bool = True, layerwise: bool | None = None) -> dict:
     """Convert a Hugging Face LLaDA (or DSL-LLaDA) directory into a dsl-jax checkpoint ``out``.
@@ -320,7 +306,6 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
     from flax import nnx
     from tqdm import tqdm
 
-    from conversion import keymap
     from conversion.hf_io import HFCheckpoint
     from dsl_jax import checkpoint, sharding
     from dsl_jax.config import ModelConfig
@@ -361,7 +346,7 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
         jobs.setdefault(("model",) + entry.jax_path, []).append((llada[key], entry))
     for key, entry in (keymap.DSL.items() if dsl else ()):
         jobs[("dsl",) + entry.jax_path] = [(dsl[key], entry)]
-    flat_target = {path: _get(target, path) for path in jobs}
+    flat_target = {path: keymap.get_path(target, path) for path in jobs}
     leaves = {tuple(str(getattr(k, "key", k)) for k in p): v for p, v in
               jax.tree_util.tree_flatten_with_path(target)[0]}
     require(set(leaves) == set(jobs), "internal: the key map does not cover the model's parameters: "
@@ -393,7 +378,7 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
                 arr = assemble(flat_target[path], jobs[path], cfg, on_tensor,
                                stacked=path[:2] == ("model", "blocks"))
             big = arr.nbytes > CHUNK_BYTES
-            _partial_save(orbax_tmp, _nest(path, arr))
+            _partial_save(orbax_tmp, keymap.nest(path, arr))
             del arr
             if big:
                 gc.collect()  # orbax's save leaves reference cycles that hold the array

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from conversion import keymap
 from dsl_jax.errors import require
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
@@ -36,7 +37,6 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
     from flax import nnx
     from tqdm import tqdm
 
-    from conversion import keymap
     from conversion.convert import check_output, commit, peak_rss_bytes, temp_sibling
     from conversion.hf_io import INDEX_FILE, SafetensorsWriter, plan_shards, shard_name
     from dsl_jax import checkpoint, sharding
@@ -135,13 +135,13 @@ def _restore_numpy(ckpt, path, sds):
 
     from dsl_jax import checkpoint
 
-    checkpoint._check_shapes(ckpt, _nest(path, sds), _stored_tree(ckpt))
+    checkpoint._check_shapes(ckpt, keymap.nest(path, sds), _stored_tree(ckpt))
     params_dir = os.path.join(os.path.abspath(ckpt), checkpoint.PARAMS_DIR)
     restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
-        item=_nest(path, sds),
-        restore_args=_nest(path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=sds.dtype)),
+        item=keymap.nest(path, sds),
+        restore_args=keymap.nest(path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=sds.dtype)),
         partial_restore=True))
-    return np.asarray(_get(restored, path))
+    return np.asarray(keymap.get_path(restored, path))
 
 
 def _stored_tree(ckpt):
@@ -152,18 +152,6 @@ def _stored_tree(ckpt):
         os.path.join(os.path.abspath(ckpt), checkpoint.PARAMS_DIR))
     stored = getattr(stored, "item_metadata", stored)
     return getattr(stored, "tree", stored)
-
-
-def _nest(path, value):
-    for p in reversed(path):
-        value = {p: value}
-    return value
-
-
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
 
 
 def register(sub):

@@ -141,3 +141,17 @@ DSL: dict[str, Entry] = {
                                                _same, _same),
 }
 DSL_UNSUPPORTED_PREFIX = "converter.residual_proj."
+
+
+def get_path(tree: dict, path: tuple[str, ...]):
+    """The value at ``path`` in a nested dict."""
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def nest(path: tuple[str, ...], value) -> dict:
+    """A nested dict holding only ``value`` at ``path``."""
+    for p in reversed(path):
+        value = {p: value}
+    return value

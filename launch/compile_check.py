@@ -37,13 +37,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import re
 import sys
 import time
 
+from benchmarks.common import write_json
 from dsl_jax.errors import UserError, require
 
 GiB = 1024 ** 3
@@ -358,7 +358,7 @@ def run(args) -> int:
             print(f"dsl-jax compile-check: does not fit on {topology.name} "
                   f"({topology.generation.hbm_bytes / GiB:.0f} GiB HBM per chip): {line}",
                   file=sys.stderr)
-            _write_json(args.json, {"topology": topology.name, "fits": False, "error": line})
+            write_json(args.json, {"topology": topology.name, "fits": False, "error": line})
             return 1
         compile_s = time.perf_counter() - t0
         _stage(bar, "done")
@@ -366,7 +366,7 @@ def run(args) -> int:
         bar.close()
     figures = analyse(compiled, traced, topology, info, compile_s)
     report(figures)
-    _write_json(args.json, figures)
+    write_json(args.json, figures)
     if not figures["fits"]:
         print(f"dsl-jax compile-check: does not fit: {figures['memory']['total'] / GiB:.2f} GiB per "
               f"chip > {figures['hbm_bytes'] / GiB:.0f} GiB HBM on {topology.name}", file=sys.stderr)
@@ -525,11 +525,3 @@ def report(f: dict) -> None:
     print(f"model FLOPs per step {f['model_flops']:.3e} ({f['model_flops_formula']}); "
           f"estimated MFU {mfu} at {f['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip "
           f"(step = compiler's optimal time x loop factor: an estimate, not a measurement)")
-
-
-def _write_json(path: str | None, data: dict) -> None:
-    if not path:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(data, fh, indent=2)
