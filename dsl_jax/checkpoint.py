@@ -67,8 +67,10 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
-def save(path: str, params: dict, meta: dict, overwrite: bool = False) -> None:
-    """Write ``params`` (nested dict of arrays) and ``meta`` atomically to ``path``.
+def save(path: str, params: dict, meta: dict, overwrite: bool = False,
+         extra_files: dict[str, str] | None = None) -> None:
+    """Write ``params`` (nested dict of arrays) and ``meta`` atomically to ``path``;
+    ``extra_files`` maps names in the checkpoint to files copied in (a tokenizer.json).
 
     Everything is written into a temporary sibling directory first and renamed into
     place at the end, so ``path`` is either a complete checkpoint or absent.
@@ -85,19 +87,14 @@ def save(path: str, params: dict, meta: dict, overwrite: bool = False) -> None:
         ckptr.wait_until_finished()
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, os.path.join(tmp, name))
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def restore(path: str, abstract: dict) -> dict:
-    """Restore a nested dict of arrays; ``abstract`` gives shapes, dtypes and shardings."""
-    params_dir = os.path.join(os.path.abspath(path), PARAMS_DIR)
-    require(os.path.isdir(params_dir), f"{path}: checkpoint has no {PARAMS_DIR}/ directory")
-    return _checkpointer().restore(params_dir, abstract)
 
 
 def abstract_pure(state: nnx.State, shardings: nnx.State) -> dict:
@@ -196,7 +193,8 @@ def current_mesh_or_default():
     return make_mesh()
 
 
-def save_model(path: str, model, overwrite: bool = False) -> None:
+def save_model(path: str, model, overwrite: bool = False,
+               extra_files: dict[str, str] | None = None) -> None:
     """Save a :class:`LLaDA` or a :class:`DSLModel` as a dsl-jax checkpoint."""
     pure = nnx.to_pure_dict(nnx.state(model))
     if "llada" in pure:  # a DSLModel
@@ -204,4 +202,4 @@ def save_model(path: str, model, overwrite: bool = False) -> None:
         meta = make_meta(model.cfg, model.dsl.to_dict())
     else:
         params, meta = {"model": pure}, make_meta(model.cfg)
-    save(path, params, meta, overwrite=overwrite)
+    save(path, params, meta, overwrite=overwrite, extra_files=extra_files)

@@ -31,6 +31,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that run on this machine alone, never as one process of a pod job.
+LOCAL_ONLY = ("launch", "compile-check", "bench", "demo")
+
+
 def _available(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -66,11 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         pass
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in SUBCOMMANDS else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:  # a malformed --config.KEY override
+        print(f"dsl-jax {command}: error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
     try:
+        if args.command not in LOCAL_ONLY:
+            from launch.distributed import maybe_initialize
+            maybe_initialize()  # on a multi-host pod slice every host joins; else nothing
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"dsl-jax {args.command}: error: {e}", file=sys.stderr)

@@ -29,8 +29,8 @@ import sys
 import time
 
 from dsl_jax.errors import require
+from dsl_jax.textfiles import write_atomic, write_json, write_jsonl
 
-PROMPT = "Summarize the following text in one sentence:\n\n{text}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,28 +100,13 @@ class Stages:
         t0 = time.time()
         result = fn(*args)
         self.done[name] = {"result": result, "seconds": round(time.time() - t0, 1)}
-        _write_json(self.path, {"settings": _jsonable(self.settings), "done": self.done})
+        write_json(self.path, {"settings": _jsonable(self.settings), "done": self.done})
         print(f"[demo] {name}: {time.time() - t0:.0f} s", file=sys.stderr)
         return self.done[name]
 
 
 def _jsonable(settings: DemoSettings) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(settings)))
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: str, rows) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 # ---- stages ----------------------------------------------------------------------------
@@ -139,13 +124,13 @@ def stage_data(out: str, s: DemoSettings) -> dict:
     rows = [{"text": chat_row(tok, e)} for e in demo_data.train_split(s.n_train)]
     longest = max(len(tok.encode(r["text"])) for r in rows)
     require(longest <= s.seq_len, f"demo: a training row has {longest} tokens > seq_len {s.seq_len}")
-    _write_jsonl(os.path.join(data, "train.jsonl"), rows)
-    _write_jsonl(os.path.join(data, "test.jsonl"), demo_data.test_split(s.n_test, s.n_train))
+    write_jsonl(os.path.join(data, "train.jsonl"), rows)
+    write_jsonl(os.path.join(data, "test.jsonl"), demo_data.test_split(s.n_test, s.n_train))
     cfg = preset("tiny", vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers,
                  n_heads=s.n_heads, n_kv_heads=s.n_heads, mlp_hidden_size=3 * s.d_model,
                  max_sequence_length=max(128, s.seq_len), mask_token_id=tok.mask_id,
                  eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    _write_json(os.path.join(data, "config.json"), cfg.to_hf_dict())
+    write_json(os.path.join(data, "config.json"), cfg.to_hf_dict())
     return {"tokenizer": tok_path, "config": os.path.join(data, "config.json"),
             "train": os.path.join(data, "train.jsonl"), "test": os.path.join(data, "test.jsonl"),
             "vocab": tok.vocab_size, "longest_row": longest, "params": cfg.num_params(),
@@ -154,7 +139,10 @@ def stage_data(out: str, s: DemoSettings) -> dict:
 
 def chat_row(tok, example: dict) -> str:
     """A summarization example as one chat-templated row: prompt, summary, end of turn."""
-    return tok.render_chat([{"role": "user", "content": PROMPT.format(text=example["document"])},
+    from dsl_jax.evaluation.benchmarks import BENCHMARKS
+
+    prompt = BENCHMARKS["xsum"].build_prompt(example["document"])  # what `jsonl:` sweeps ask
+    return tok.render_chat([{"role": "user", "content": prompt},
                             {"role": "assistant", "content": example["summary"]}],
                            add_generation_prompt=False)
 
@@ -279,8 +267,7 @@ def report(out: str, s: DemoSettings, results: dict) -> str:
     lines += ["", "Per-example outputs: eval/MODEL/cells/*/*/examples.jsonl; plots: "
               "rouge1_vs_nfe.png, robustness/robustness.png; stage timings: stages.json."]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text)
+    write_atomic(os.path.join(out, "report.md"), text)
     _plot(out, lead, sweeps)
     return text
 

@@ -140,15 +140,15 @@ def load_examples(bench: Benchmark, data_dir: str | None = None, n: int = DEFAUL
                   max_words: int = DEFAULT_MAX_WORDS, seed: int = DEFAULT_SEED,
                   split: str = "test") -> list[Example]:
     """The first ``n`` non-empty examples of the shuffled split, truncated and prompted."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
     require(n > 0, f"number of examples must be positive, got {n}")
     require(max_words > 0, f"max_words must be positive, got {max_words}")
     if bench.local_file:
         records = read_jsonl(bench.local_file, (bench.source_field, bench.summary_field))
         return select(bench, ((r[bench.source_field], r[bench.summary_field]) for r in records),
                       len(records), n, max_words, seed)
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
     data_dir = data_dir or default_data_dir()
     builder = open_builder(bench, data_dir, split)
     try:  # keep TensorFlow off accelerators: JAX owns them

@@ -16,6 +16,8 @@ import json
 import os
 from typing import Sequence
 
+from dsl_jax.textfiles import write_atomic
+
 SAMPLER_NAMES = {"sde": "DSL-SDE", "ode": "DSL-ODE", "remask": "LLaDA low-conf.",
                  "random": "LLaDA random", "eos_block": "LLaDA EOS+block"}
 COLUMNS = ("benchmark", "sampler", "nfe", "n", "rouge1", "rouge2", "rougeL", "words",
@@ -38,7 +40,7 @@ def write_reports(out_dir: str, cells: Sequence, plots: bool = True) -> dict:
         with open(path) as f:
             rows[cell.name] = json.load(f)["summary"]
     ordered = [rows[c.name] for c in cells]
-    _write(os.path.join(out_dir, "summary.json"),
+    write_atomic(os.path.join(out_dir, "summary.json"),
            json.dumps(ordered, indent=2, sort_keys=True) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -46,18 +48,11 @@ def write_reports(out_dir: str, cells: Sequence, plots: bool = True) -> dict:
     for r in ordered:
         w.writerow(["" if r.get(k) is None else (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
                     for k in COLUMNS])
-    _write(os.path.join(out_dir, "summary.csv"), buf.getvalue())
-    _write(os.path.join(out_dir, "table.md"), markdown(cells, rows))
+    write_atomic(os.path.join(out_dir, "summary.csv"), buf.getvalue())
+    write_atomic(os.path.join(out_dir, "table.md"), markdown(cells, rows))
     if plots:
         plot_all(out_dir, cells, rows)
     return rows
-
-
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _benches(cells) -> list:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsl_jax.errors import UserError, require
+from dsl_jax.textfiles import write_atomic
 
 MODES = ("random", "neighbour")
 RANDOM_LOW, RANDOM_HIGH = 100, 126000
@@ -87,8 +88,8 @@ def corrupt(ids: Sequence[int], rate: float, mode: str, seed: int, text_index: i
     out = x.copy()
     orig = x[positions]
     if mode == "random":
-        r = rng.integers(lo, hi - 1, size=k)
         inside = (orig >= lo) & (orig < hi)
+        r = rng.integers(lo, np.where(inside, hi - 1, hi), size=k)
         out[positions] = r + (inside & (r >= orig))  # uniform over [lo, hi) without orig
     else:
         require(neighbours is not None, "neighbour mode needs the neighbour table")
@@ -275,8 +276,7 @@ def write_reports(out_dir: str, rows: Sequence[dict], plot: bool = True) -> list
 
     def write(name, text):
         path = os.path.join(out_dir, name)
-        with open(path, "w") as f:
-            f.write(text)
+        write_atomic(path, text)
         paths.append(path)
 
     write("robustness.json", json.dumps(list(rows), indent=2) + "\n")
@@ -431,6 +431,9 @@ def run(args) -> int:
         models[name] = checkpoint.load(c, mesh=mesh, **run_fields)
     rows = run_robustness(models, ids, rates, modes, seed=args.seed, batch_size=args.batch_size,
                           progress=True)
+    import jax
+    if jax.process_index() != 0:  # on a pod every host computes; the lead host reports
+        return 0
     write_reports(args.out, rows, plot=not args.no_plot)
     print(markdown(rows))
     print(f"results in {args.out}: robustness.md, robustness.csv, robustness.json"

@@ -42,6 +42,7 @@ import zlib
 from typing import Sequence
 
 from dsl_jax.errors import UserError, require
+from dsl_jax.textfiles import append_records, read_records, write_atomic  # noqa: F401
 from dsl_jax.evaluation.generation import DSL_SAMPLERS, GenerateFn
 
 SAMPLERS = ("sde", "ode", "remask", "random", "eos_block")
@@ -156,6 +157,7 @@ class Settings:
     def cell_fingerprint(self, bench_key: str, gen_length: int, example_ids: Sequence[str]) -> dict:
         """What a cell's results depend on; a finished cell is reused only when it matches."""
         return {"ckpt": os.path.abspath(self.ckpt) if self.ckpt else "",
+                "tokenizer": os.path.abspath(self.tokenizer) if self.tokenizer else "",
                 "generator": self.generator, "benchmark": bench_key, "split": self.split,
                 "num_examples": self.num_examples, "max_words": self.max_words,
                 "data_seed": self.data_seed, "seed": self.seed, "batch_size": self.batch_size,
@@ -164,50 +166,6 @@ class Settings:
 
 
 # ---- files ------------------------------------------------------------------------
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def append_records(path: str, records: Sequence[dict]) -> None:
-    """Append records as JSON lines in one write (fsync'd)."""
-    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_records(path: str, repair: bool = False) -> list[dict]:
-    """Complete JSON lines of ``path``; with ``repair`` a torn tail is cut off the file."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    good_end, out, pos = 0, [], 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break
-        line = data[pos:nl]
-        try:
-            out.append(json.loads(line))
-            good_end = nl + 1
-        except json.JSONDecodeError:
-            break
-        pos = nl + 1
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return out
-
 
 # ---- the sweep --------------------------------------------------------------------
 

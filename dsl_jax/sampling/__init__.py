@@ -113,9 +113,9 @@ def _jitted(graphdef, cfg, state, mesh, sampler, nfe, gen_length, snr_grid, temp
     if key not in _JIT_CACHE:
         fn = _build(graphdef, cfg, sampler, nfe, gen_length, snr_grid, temperature)
         state_sh = jax.tree.map(lambda a: a.sharding, state)
-        b2, b1 = batch_sharding(mesh, 2), batch_sharding(mesh, 2)
-        _JIT_CACHE[key] = jax.jit(fn, in_shardings=(state_sh, b2, b2, b2, b1),
-                                  out_shardings=b2)
+        rows = batch_sharding(mesh, 2)  # ids, mask, positions, keys [B, 2]; out [B, G]
+        _JIT_CACHE[key] = jax.jit(fn, in_shardings=(state_sh, rows, rows, rows, rows),
+                                  out_shardings=rows)
     return _JIT_CACHE[key]
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dsl_jax.errors import UserError, require
+from dsl_jax.textfiles import read_records, write_atomic, write_json
 
 HELP = __doc__
 
@@ -118,14 +119,6 @@ def _data_state_path(out_dir: str, step: int) -> str:
     return os.path.join(out_dir, "data_state", str(step), f"host_{jax.process_index()}.json")
 
 
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
 def _prune_data_states(out_dir: str, keep_steps) -> None:
     root = os.path.join(out_dir, "data_state")
     if not os.path.isdir(root) or jax.process_index() != 0:
@@ -148,10 +141,8 @@ class Logger:
             return
         from dsl_jax.train.events import EventWriter
         if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint
-            with open(self.path) as f:
-                lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
-            with open(self.path, "w") as f:
-                f.writelines(lines)
+            kept = [r for r in read_records(self.path) if r.get("step", 0) <= start_step]
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.tb = EventWriter(out_dir)
 
     def log(self, step: int, values: dict) -> None:
@@ -201,8 +192,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     setup = build_train_step(cfg, mesh)
     if lead:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            f.write(cfg.to_json(indent=2))
+        write_atomic(os.path.join(out_dir, "config.json"), cfg.to_json(indent=2))
 
     options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.keep), create=True,
                                            enable_async_checkpointing=True)
@@ -247,7 +237,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     eval_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 2), setup.rng_sharding)
 
     def save(step_done: int, st) -> None:
-        _write_json(_data_state_path(out_dir, step_done), stream.state())
+        write_json(_data_state_path(out_dir, step_done), stream.state(), indent=None)
         mngr.save(step_done, args=ocp.args.Composite(state=ocp.args.StandardSave(st)))
         _prune_data_states(out_dir, set(mngr.all_steps()) | {step_done})
 
@@ -292,9 +282,8 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
                 return ""
         mngr.wait_until_finished()
         model = to_model(part, state)
-        checkpoint.save_model(final_path, model, overwrite=True)
-        if lead and tok_path:
-            shutil.copyfile(tok_path, os.path.join(final_path, "tokenizer.json"))
+        checkpoint.save_model(final_path, model, overwrite=True,
+                              extra_files={"tokenizer.json": tok_path} if tok_path else None)
         return final_path
     finally:
         bar.close()

@@ -119,8 +119,9 @@ def check_batch(cfg, mesh, mc: config_lib.ModelConfig) -> tuple[int, int, int]:
     require((B // M) % n == 0,
             f"global_batch {B} / micro_batches {M} = {B // M} rows per micro-batch do not divide "
             f"over the mesh's batch axes (data x fsdp = {n} devices); use a multiple of {n * M}")
-    require(B % jax.process_count() == 0,
-            f"global_batch {B} does not divide over {jax.process_count()} hosts")
+    require((B // M) % jax.process_count() == 0,
+            f"global_batch {B} / micro_batches {M} = {B // M} rows per micro-batch does not "
+            f"divide over {jax.process_count()} hosts")
     require(L <= mc.max_sequence_length,
             f"seq_len {L} exceeds the model's maximum sequence length {mc.max_sequence_length}")
     require(cfg.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got "
