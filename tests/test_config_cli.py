@@ -96,3 +96,10 @@ def test_bad_config_file_is_one_line(tmp_path):
     bad.write_text("{not json")
     r = cli("forward", "--model", str(bad))
     assert r.returncode == 2 and "not valid JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_config_override_without_value_is_one_line():
+    r = cli("train", "--config", "dsl_small", "--config.steps")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("dsl-jax train: error: --config.steps: missing value "
+                                "(use --config.steps=VALUE)")

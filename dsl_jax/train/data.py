@@ -170,9 +170,10 @@ class BlockStream:
                 if ids:
                     return ids
             self._it = None
-            if self.doc == 0:
-                empty_epochs += 1
-                require(empty_epochs < 2, "data: the source yields no documents for this host")
+            # Reaching an epoch's end twice in one call means a whole epoch gave nothing
+            # (no documents, or only ones that encode to no tokens).
+            empty_epochs += 1
+            require(empty_epochs < 2, "data: the source yields no non-empty documents for this host")
             self.epoch, self.doc = self.epoch + 1, 0
 
     def next_block(self) -> np.ndarray:
