@@ -227,12 +227,14 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     eval_fn = eval_batch = None
     if eval_rows is not None:
         n_eval = eval_rows.shape[0] * hosts
-        from dsl_jax.train.step import batch_axes_size
-        e_sh = (NamedSharding(mesh, P(("data", "fsdp"), None))
-                if n_eval % batch_axes_size(mesh) == 0 else NamedSharding(mesh, P()))
+        from dsl_jax.train.step import batch_axes_size, loss_chunk
+        divides = n_eval % batch_axes_size(mesh) == 0
+        # Replicated held-out rows would need every host's rows on every host.
+        require(divides or hosts == 1, f"eval.blocks x hosts = {n_eval} does not divide over "
+                f"the mesh's batch axes ({batch_axes_size(mesh)} devices)")
+        e_sh = NamedSharding(mesh, P(("data", "fsdp"), None) if divides else P())
         eval_batch = _to_global(eval_rows, e_sh, (n_eval, L))
-        chunk = int(cfg.get("loss_chunk", 0) or cfg.dsl.converter_chunk)
-        eval_fn = setup.eval_step(snrs, chunk, e_sh)
+        eval_fn = setup.eval_step(snrs, loss_chunk(cfg), e_sh)
     base_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 1), setup.rng_sharding)
     eval_rng = jax.device_put(jax.random.PRNGKey(int(cfg.seed) + 2), setup.rng_sharding)
 

@@ -109,6 +109,11 @@ def batch_axes_size(mesh) -> int:
     return math.prod(sizes.get(a, 1) for a in BATCH_AXES)
 
 
+def loss_chunk(cfg) -> int:
+    """Sequence positions per chunk of the V+1 softmax and of the logits."""
+    return int(cfg.get("loss_chunk", 0) or cfg.dsl.converter_chunk)
+
+
 def check_batch(cfg, mesh, mc: config_lib.ModelConfig) -> tuple[int, int, int]:
     """(micro_batches, rows per micro-batch, seq_len), or one clear error."""
     B, M, L = int(cfg.global_batch), int(cfg.micro_batches), int(cfg.seq_len)
@@ -281,7 +286,7 @@ def _build_train_step(cfg, mesh) -> TrainSetup:
     abstract_model = nnx.eval_shape(model_builder(cfg, mc))
     part, abstract_state, shardings = abstract_train_state(abstract_model, cfg.objective,
                                                            optimizer, mesh)
-    chunk = int(cfg.get("loss_chunk", 0) or (dsl.converter_chunk if dsl else 1024))
+    chunk = loss_chunk(cfg)
     fn = make_train_step(part, optimizer, cfg.optimizer, chunk, mesh,
                          int(cfg.get("prompt_end_id", -1)))
     rep = NamedSharding(mesh, P())
