@@ -43,3 +43,21 @@ def write_json(path: str | None, data: dict) -> None:
 def add_common_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def report_side_by_side(header: str, contenders: list[tuple[str, float, float]], unit: str,
+                        json_path: str | None, figures: dict) -> float:
+    """Print ``header``, a table of (label, seconds, work done) per contender with the rate
+    in ``unit``/s, and the ratio of the first contender's rate to the second's; write the
+    figures (plus seconds, rates and ratio) to ``json_path``. Returns the ratio."""
+    rates = [work / secs for _, secs, work in contenders]
+    print(header)
+    print_table([{"implementation": label, "work": f"{work:g}", "seconds": f"{secs:.4f}",
+                  f"{unit}/s": f"{rate:,.3f}" if rate < 100 else f"{rate:,.0f}"}
+                 for (label, secs, work), rate in zip(contenders, rates)],
+                ["implementation", "work", "seconds", f"{unit}/s"])
+    ratio = rates[0] / rates[1]
+    print(f"ratio ({contenders[0][0]} / {contenders[1][0]}, {unit}/s): {ratio:.2f}x")
+    write_json(json_path, {**figures, "seconds": [c[1] for c in contenders],
+                           f"{unit}_per_s": rates, "ratio": ratio})
+    return ratio

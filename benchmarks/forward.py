@@ -22,7 +22,7 @@ def run(args) -> int:
     import numpy as np
     from flax import nnx
 
-    from benchmarks.common import print_table, time_interleaved, write_json
+    from benchmarks.common import report_side_by_side, time_interleaved
     from conversion import keymap, torch_reference
     from dsl_jax import config, model, sharding
 
@@ -47,15 +47,11 @@ def run(args) -> int:
     diff = float(np.max(np.abs(np.asarray(fwd(m, ids_j)) - torch_reference.llama_logits(ref, ids))))
     secs = time_interleaved({"flax": flax_step, "torch": torch_step}, repeats=args.repeats)
     tokens = args.batch * args.length
-    rows = [{"implementation": name, "seconds/batch": f"{s:.4f}", "tokens/s": f"{tokens / s:,.0f}"}
-            for name, s in (("dsl-jax (jax.jit, Flax NNX)", secs["flax"]),
-                            ("transformers Llama (torch eager)", secs["torch"]))]
-    print(f"forward, preset {args.preset} ({cfg.n_layers} layers, d_model {cfg.d_model}, "
-          f"vocab {cfg.vocab_size}), batch {args.batch} x {args.length} tokens, {args.dtype}, "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} cores; max |logit diff| {diff:.2e}")
-    print_table(rows, ["implementation", "seconds/batch", "tokens/s"])
-    ratio = secs["torch"] / secs["flax"]
-    print(f"ratio (Flax tokens/s / torch tokens/s): {ratio:.2f}x")
-    write_json(args.json, {"flax_s": secs["flax"], "torch_s": secs["torch"], "tokens": tokens,
-                           "ratio": ratio, "max_abs_logit_diff": diff})
+    report_side_by_side(
+        f"forward, preset {args.preset} ({cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"vocab {cfg.vocab_size}), batch {args.batch} x {args.length} tokens, {args.dtype}, "
+        f"{jax.devices()[0].platform}, {os.cpu_count()} cores; max |logit diff| {diff:.2e}",
+        [("dsl-jax (jax.jit, Flax NNX)", secs["flax"], tokens),
+         ("transformers Llama (torch eager)", secs["torch"], tokens)],
+        "tokens", args.json, {"tokens": tokens, "max_abs_logit_diff": diff})
     return 0

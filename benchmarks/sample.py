@@ -94,7 +94,7 @@ def run(args) -> int:
     import numpy as np
     from flax import nnx
 
-    from benchmarks.common import print_table, time_interleaved, write_json
+    from benchmarks.common import report_side_by_side, time_interleaved
     from conversion import keymap, torch_reference
     from dsl_jax import config, dsl, sharding
     from dsl_jax.errors import require
@@ -152,26 +152,15 @@ def run(args) -> int:
             t_sample(prompts[i], i)
 
     secs = time_interleaved({"jax": jax_run, "torch": torch_run}, repeats=args.repeats)
-    jax_rate, torch_rate = args.batch / secs["jax"], n_torch / secs["torch"]
     passes = schedules.forward_passes("sde", args.nfe)
-    print(f"DSL-SDE sampling, preset {args.preset} ({cfg.n_layers} layers, d_model {cfg.d_model}, "
-          f"vocab {cfg.vocab_size}, noise dim {args.noise_dim}), {args.dtype}; NFE {args.nfe} "
-          f"({passes} forward passes), gen length {G}, prompts {lo}-{hi - 1} tokens; "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} cores; max |x_hat diff| / max |x_hat| {diff:.2e}")
-    rows = [
-        {"implementation": f"dsl-jax generate (jit, batch {args.batch})",
-         "prompts timed": args.batch, "seconds": f"{secs['jax']:.2f}",
-         "summaries/s": f"{jax_rate:.3f}"},
-        {"implementation": "PyTorch, one prompt at a time, Python step loop",
-         "prompts timed": n_torch, "seconds": f"{secs['torch']:.2f}",
-         "summaries/s": f"{torch_rate:.3f}"},
-    ]
-    print_table(rows, ["implementation", "prompts timed", "seconds", "summaries/s"])
-    ratio = jax_rate / torch_rate
-    print(f"ratio (dsl-jax summaries/s / PyTorch summaries/s): {ratio:.2f}x")
-    write_json(args.json, {"jax_s": secs["jax"], "torch_s": secs["torch"], "batch": args.batch,
-                           "torch_prompts": n_torch, "jax_summaries_per_s": jax_rate,
-                           "torch_summaries_per_s": torch_rate, "ratio": ratio,
-                           "max_rel_x_hat_diff": diff, "nfe": args.nfe, "gen_length": G,
-                           "preset": args.preset, "dtype": args.dtype})
+    report_side_by_side(
+        f"DSL-SDE sampling, preset {args.preset} ({cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"vocab {cfg.vocab_size}, noise dim {args.noise_dim}), {args.dtype}; NFE {args.nfe} "
+        f"({passes} forward passes), gen length {G}, prompts {lo}-{hi - 1} tokens; "
+        f"{jax.devices()[0].platform}, {os.cpu_count()} cores; max |x_hat diff| / max |x_hat| {diff:.2e}",
+        [(f"dsl-jax generate (jit, batch {args.batch})", secs["jax"], args.batch),
+         ("PyTorch, one prompt at a time, Python step loop", secs["torch"], n_torch)],
+        "summaries", args.json, {"batch": args.batch, "torch_prompts": n_torch,
+                                 "max_rel_x_hat_diff": diff, "nfe": args.nfe, "gen_length": G,
+                                 "preset": args.preset, "dtype": args.dtype})
     return 0

@@ -61,7 +61,7 @@ def run(args) -> int:
     import numpy as np
     from flax import nnx
 
-    from benchmarks.common import print_table, time_interleaved, write_json
+    from benchmarks.common import report_side_by_side, time_interleaved
     from conversion import keymap, torch_reference
     from dsl_jax.losses import dsl_loss_from_noisy
     from dsl_jax.sharding import create_sharded, make_mesh
@@ -130,17 +130,13 @@ def run(args) -> int:
 
     secs = time_interleaved({"jax": jax_step, "torch": torch_step}, repeats=args.repeats)
     tokens = args.batch * args.length
-    rows = [{"implementation": name, "seconds/step": f"{s:.4f}", "tokens/s": f"{tokens / s:,.0f}"}
-            for name, s in (("dsl-jax train_step (jax.jit, Flax NNX)", secs["jax"]),
-                            ("PyTorch DSL step (transformers Llama, eager)", secs["torch"]))]
-    print(f"DSL train step, preset {args.preset} ({mc.n_layers} layers, d_model {mc.d_model}, "
-          f"vocab {mc.vocab_size}, noise dim {dsl.noise_dim}), batch {args.batch} x "
-          f"{args.length} tokens, float32, AdamW + clip, {jax.devices()[0].platform}, "
-          f"{os.cpu_count()} cores; |loss diff| on a shared input {loss_diff:.2e}")
-    print_table(rows, ["implementation", "seconds/step", "tokens/s"])
-    ratio = secs["torch"] / secs["jax"]
-    print(f"ratio (dsl-jax tokens/s / PyTorch tokens/s): {ratio:.2f}x")
-    write_json(args.json, {"jax_s": secs["jax"], "torch_s": secs["torch"], "tokens": tokens,
-                           "ratio": ratio, "loss_diff": loss_diff, "preset": args.preset,
-                           "batch": args.batch, "length": args.length})
+    report_side_by_side(
+        f"DSL train step, preset {args.preset} ({mc.n_layers} layers, d_model {mc.d_model}, "
+        f"vocab {mc.vocab_size}, noise dim {dsl.noise_dim}), batch {args.batch} x "
+        f"{args.length} tokens, float32, AdamW + clip, {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} cores; |loss diff| on a shared input {loss_diff:.2e}",
+        [("dsl-jax train_step (jax.jit, Flax NNX)", secs["jax"], tokens),
+         ("PyTorch DSL step (transformers Llama, eager)", secs["torch"], tokens)],
+        "tokens", args.json, {"tokens": tokens, "loss_diff": loss_diff, "preset": args.preset,
+                              "batch": args.batch, "length": args.length})
     return 0
