@@ -63,13 +63,19 @@ def _params(m):
             np.asarray(conv.w[...]), np.asarray(conv.c[...]))
 
 
+def random_noisy_inputs(E, seed, shape, snr_low, snr_high):
+    """(ids, snr, eps) drawn from one seeded generator, in that order."""
+    r = np.random.default_rng(seed)
+    ids = r.integers(0, E.shape[0], shape)
+    snr = r.uniform(snr_low, snr_high, shape).astype(np.float32)
+    eps = r.standard_normal((*shape, E.shape[1])).astype(np.float32)
+    return ids, snr, eps
+
+
 def test_noising_and_converter_match_numpy(tiny_dsl):
     m = tiny_dsl
     E, beta, b, W, c = _params(m)
-    r = np.random.default_rng(0)
-    ids = r.integers(0, E.shape[0], (3, 7))
-    snr = r.uniform(0.0, 60.0, (3, 7)).astype(np.float32)
-    eps = r.standard_normal((3, 7, E.shape[1])).astype(np.float32)
+    ids, snr, eps = random_noisy_inputs(E, 0, (3, 7), 0.0, 60.0)
     z = np.asarray(add_noise(jnp.asarray(ids), jnp.asarray(snr), jnp.asarray(eps), jnp.asarray(E)))
     z64 = np_noise(ids, snr, eps, E)
     np.testing.assert_allclose(z, z64, rtol=1e-6, atol=1e-5)
@@ -86,10 +92,7 @@ def test_noising_and_converter_match_numpy(tiny_dsl):
 def test_dsl_loss_matches_numpy(tiny_dsl):
     m = tiny_dsl
     E, beta, b, W, c = _params(m)
-    r = np.random.default_rng(1)
-    ids = r.integers(0, E.shape[0], (2, 12))
-    snr = r.uniform(0.5, 40.0, (2, 12)).astype(np.float32)
-    eps = r.standard_normal((2, 12, E.shape[1])).astype(np.float32)
+    ids, snr, eps = random_noisy_inputs(E, 1, (2, 12), 0.5, 40.0)
     z64 = np_noise(ids, snr, eps, E)
     h = np_converter(z64, E, beta, b, W, c).astype(np.float32)
     logits = np.asarray(m.llada(inputs_embeds=jnp.asarray(h)))  # whole, unchunked forward
@@ -233,11 +236,8 @@ def test_mdm_loss_on_responses_only_matches_formula():
 def test_dsl_loss_on_responses_feeds_prompts_through_wte(tiny_dsl):
     m = tiny_dsl
     E, beta, b, W, c = _params(m)
-    r = np.random.default_rng(2)
-    ids = r.integers(0, E.shape[0], (2, 12))
+    ids, snr, eps = random_noisy_inputs(E, 2, (2, 12), 0.5, 40.0)
     response = np.arange(12)[None] >= np.asarray([[5], [8]])
-    snr = r.uniform(0.5, 40.0, (2, 12)).astype(np.float32)
-    eps = r.standard_normal((2, 12, E.shape[1])).astype(np.float32)
     z64 = np_noise(ids, snr, eps, E)
     h = np_converter(z64, E, beta, b, W, c)
     wte = np.asarray(m.llada.embed[...], np.float64)
