@@ -24,6 +24,7 @@ setup(
         "ml-collections==1.1.0",
         "safetensors==0.8.0",
         "tokenizers==0.23.3",
+        "jinja2==3.1.6",  # tokenizer_config.json's chat template (sandboxed, as transformers)
         "rouge-score==0.1.2",
         "tensorflow-datasets==4.9.10",
         "tensorflow-cpu==2.21.0",

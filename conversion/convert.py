@@ -14,8 +14,13 @@ sibling directory renamed into place at the end: the output is complete or absen
 Also reads the released DSL-LLaDA checkpoints: the LLaDA keys plus
 ``noise_embed.weight`` and ``converter.{beta, logit_bias, backbone_embedding.*}``,
 stored in the checkpoint's ``dsl`` group (``dsl_jax.load`` gives them as a ``DSLModel``),
-and the authors' trained saves, which also hold ``log_snr_max`` (the checkpoint's
-``snr_max``) and sometimes ``converter.embed.weight`` (an alias of the noise embedding).
+the "Highpass" release's ``converter.residual_proj.*`` (``dsl.residual``), and the
+authors' trained saves, which also hold ``log_snr_max`` (the checkpoint's ``snr_max``)
+and sometimes ``converter.embed.weight`` (an alias of the noise embedding).
+
+The tokenizer files (``tokenizer.json``, ``tokenizer_config.json`` with its chat
+template, ...) of the Hugging Face folder, or of another one, are copied into the
+checkpoint (docs/checkpoint.md section 3).
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ def plan(hf, cfg):
     """Check the source's keys and shapes against ``cfg``.
 
     Returns (llada, dsl, noise_dim, extra): ``llada`` maps a LLaDA key to its TensorRef;
-    ``dsl`` is the same for DSL keys (None for a plain LLaDA checkpoint); ``extra`` holds
+    ``dsl`` is the same for DSL keys, the residual path's included when present (None for
+    a plain LLaDA checkpoint; :func:`has_residual` tells the "Highpass" variant); ``extra`` holds
     the authors' ``log_snr_max`` and ``converter.embed.weight`` when present (read by
     :func:`read_extras`). A save holding the alias but not ``noise_embed.weight`` has the
     alias read as the noise embedding.
@@ -83,10 +89,8 @@ def plan(hf, cfg):
                     f"{ref.path}: unexpected key {key} (config.json has n_layers {cfg.n_layers})")
             llada[key] = ref
             continue
-        require(not key.startswith(keymap.DSL_UNSUPPORTED_PREFIX),
-                f"{ref.path}: key {key}: the converter's residual projection variant is not "
-                "supported")
-        require(key in keymap.DSL, f"{ref.path}: unexpected key {key}")
+        require(key in keymap.DSL or key in keymap.DSL_RESIDUAL,
+                f"{ref.path}: unexpected key {key}")
         dsl[key] = ref
     missing = [k for k in keymap.torch_keys(cfg) if k not in llada]
     if missing:
@@ -101,7 +105,9 @@ def plan(hf, cfg):
                         "(noise_embed.weight, converter.*)")
     noise_dim = None
     if dsl:
-        missing = [k for k in keymap.DSL if k not in dsl]
+        # The residual path's two keys come together (the "Highpass" release) or not at all.
+        residual = any(k in dsl for k in keymap.DSL_RESIDUAL)
+        missing = [k for k in keymap.dsl_entries(residual) if k not in dsl]
         if missing:
             raise UserError(f"{hf.dir}: DSL checkpoint is missing key {missing[0]}")
         ne = dsl["noise_embed.weight"]
@@ -110,7 +116,7 @@ def plan(hf, cfg):
                 f"[{cfg.vocab_size}, noise_dim]")
         noise_dim = ne.shape[1]
     for key, ref in {**llada, **dsl}.items():
-        entry = keymap.lookup(key)[0] if key in llada else keymap.DSL[key]
+        entry = keymap.lookup(key)[0] if key in llada else keymap.dsl_entries(True)[key]
         want = tuple(noise_dim if s is None else s for s in entry.torch_shape(cfg))
         got = ref.shape
         if key == "converter.beta" and got == (1,):
@@ -126,6 +132,11 @@ def plan(hf, cfg):
         require(ref.shape in ((), (1,)), f"{ref.path}: tensor {keymap.LOG_SNR_MAX} has shape "
                 f"{list(ref.shape)}, expected [] (a scalar)")
     return llada, (dsl or None), noise_dim, extra
+
+
+def has_residual(dsl: dict | None) -> bool:
+    """Whether :func:`plan`'s ``dsl`` keys hold the converter's residual path."""
+    return bool(dsl) and all(k in dsl for k in keymap.DSL_RESIDUAL)
 
 
 def read_extras(extra: dict, dsl: dict | None) -> tuple[float | None, list[str]]:
@@ -285,8 +296,35 @@ def assemble_layerwise(sds, sources, cfg, on_tensor):
 # ---- the conversion ----------------------------------------------------------------------
 
 
+def tokenizer_sources(hf_dir: str, tokenizer_dir: str | None, vocab_size: int
+                      ) -> tuple[dict[str, str], str]:
+    """(name -> path, note): the tokenizer files :func:`convert` copies into the
+    checkpoint (:data:`dsl_jax.tokenizer.TOKENIZER_FILES` found in ``tokenizer_dir``, by
+    default ``hf_dir``), checked first: the tokenizer loads with LLaDA's special tokens,
+    its ids fit the model's vocabulary and its chat template compiles. A named
+    ``tokenizer_dir`` must hold a ``tokenizer.json``; ``hf_dir`` may have none, which the
+    note then says."""
+    from dsl_jax.tokenizer import Tokenizer, tokenizer_files
+
+    where = tokenizer_dir or hf_dir
+    require(storage.isdir(where), f"{where}: no such directory")
+    files = tokenizer_files(where)
+    if "tokenizer.json" not in files:
+        require(tokenizer_dir is None, f"{where}: no tokenizer.json")
+        return {}, (f"no tokenizer.json in {where}: pass --tokenizer DIR (e.g. LLaDA-8B-Instruct's "
+                    "folder) to put one in the checkpoint")
+    tok = Tokenizer.from_file(files["tokenizer.json"])
+    require(tok.vocab_size <= vocab_size, f"{files['tokenizer.json']}: {tok.vocab_size} tokens, "
+            f"more than the model's vocabulary of {vocab_size}")
+    if tok.chat_template is not None:
+        tok.chat_template.compile()
+    template = " and its chat template" if tok.chat_template is not None else ""
+    return files, f"copied {', '.join(files)}{template}"
+
+
 def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite: bool = False,
-            progress: bool = True, layerwise: bool | None = None) -> dict:
+            progress: bool = True, layerwise: bool | None = None,
+            tokenizer_dir: str | None = None) -> dict:
     """Convert a Hugging Face LLaDA (or DSL-LLaDA) directory into a dsl-jax checkpoint ``out``.
 
     ``dtype`` is the stored parameter dtype (``bfloat16`` or ``float32``; the DSL
@@ -298,10 +336,15 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
     stacked parameter is filled in host buffers that become the device arrays
     without a copy). The authors' ``log_snr_max`` sets the checkpoint's
     ``dsl.snr_max`` and their ``converter.embed.weight`` alias is checked and skipped
-    (:func:`read_extras`). Returns a summary dict: tensors, bytes, seconds,
-    peak_rss_bytes, largest_tensor_bytes, largest_param_bytes, out, dsl, snr_max (the
-    checkpoint's, None without DSL parameters), notes (what was read besides the
-    parameters, a few words each), mesh.
+    (:func:`read_extras`); ``converter.residual_proj.*`` (the "Highpass" release) sets
+    ``dsl.residual``. The tokenizer files of ``tokenizer_dir`` (default ``hf_dir``) are
+    checked before anything is written and copied into the checkpoint
+    (:func:`tokenizer_sources`), where ``train``, ``sample`` and ``eval`` look for them.
+    Returns a summary dict: tensors, bytes, seconds,
+    peak_rss_bytes, largest_tensor_bytes, largest_param_bytes, out, dsl, residual,
+    snr_max (the checkpoint's, None without DSL parameters), notes (what was read besides
+    the parameters, a few words each), tokenizer_files (the names copied),
+    tokenizer_note (one line on them), mesh.
     """
     import jax
     from tqdm import tqdm
@@ -321,6 +364,7 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
     llada, dsl, noise_dim, extra = plan(hf, cfg)
     used = {**llada, **(dsl or {})}
     snr_max, notes = read_extras(extra, dsl)
+    tok_files, tok_note = tokenizer_sources(hf_dir, tokenizer_dir, cfg.vocab_size)
     if mesh is None:
         mesh = checkpoint.current_mesh_or_default()
     if layerwise is None:
@@ -328,7 +372,7 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
 
     dsl_cfg = None
     if dsl:
-        dsl_cfg = DSLConfig(noise_dim=noise_dim,
+        dsl_cfg = DSLConfig(noise_dim=noise_dim, residual=has_residual(dsl),
                             **({} if snr_max is None else {"snr_max": snr_max}))
     target = checkpoint.abstract_params(cfg, dsl_cfg, mesh)
 
@@ -337,7 +381,7 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
     for key in keymap.torch_keys(cfg):
         entry, layer = keymap.lookup(key)
         jobs.setdefault(("model",) + entry.jax_path, []).append((llada[key], entry))
-    for key, entry in (keymap.DSL.items() if dsl else ()):
+    for key, entry in (keymap.dsl_entries(dsl_cfg.residual).items() if dsl else ()):
         jobs[("dsl",) + entry.jax_path] = [(dsl[key], entry)]
     flat_target = {path: keymap.get_path(target, path) for path in jobs}
     leaves = {tuple(str(getattr(k, "key", k)) for k in p): v for p, v in
@@ -377,9 +421,16 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
         checkpoint.save_pieces(out, pieces(), meta, overwrite=overwrite)
     finally:
         bar.close()
+    if tok_files and jax.process_index() == 0:
+        # Beside the finished checkpoint, where train/sample/eval look (CKPT/tokenizer.json).
+        for name, src in tok_files.items():
+            with storage.user_errors(src):
+                storage.write_bytes(storage.join(out, name), storage.read_bytes(src))
     seconds = time.perf_counter() - t0
     return {"out": out, "tensors": done["tensors"], "bytes": total, "seconds": seconds,
             "peak_rss_bytes": peak_rss_bytes(), "largest_tensor_bytes": largest_tensor,
             "largest_param_bytes": largest_param, "dsl": bool(dsl),
+            "residual": bool(dsl_cfg and dsl_cfg.residual), "tokenizer_files": sorted(tok_files),
+            "tokenizer_note": tok_note,
             "snr_max": dsl_cfg.snr_max if dsl_cfg else None, "notes": notes,
             "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.axis_sizes)))}

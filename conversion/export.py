@@ -4,7 +4,12 @@ Writes safetensors shards, ``model.safetensors.index.json`` and ``config.json`` 
 LLaDA's key names and PyTorch's [out, in] layout, so the (adapted) model loads back
 into PyTorch; a checkpoint with DSL parameters also gets ``noise_embed.weight``,
 ``converter.{beta, logit_bias, backbone_embedding.weight, backbone_embedding.bias}`` and
-``log_snr_max`` (log of its ``snr_max``, a float32 scalar, as the authors' saves hold it).
+``log_snr_max`` (log of its ``snr_max``, a float32 scalar, as the authors' saves hold it),
+and one with the residual path (``dsl.residual``) ``converter.residual_proj.{weight, bias}``.
+``copy_from`` (``--copy-from HF_DIR``, the folder the checkpoint was converted from) adds
+what is not weights: its remote code (``*.py``), ``generation_config.json``, tokenizer
+files, model card..., and its own ``config.json`` once that is checked to describe the
+same model, so the folder loads in ``transformers`` as the original does.
 Parameters are restored one at a time as host arrays and written at their offsets in
 pre-planned shard files, so memory peaks near one (stacked) parameter. Output goes to
 a temporary sibling directory renamed into place at the end. Either side may be on a
@@ -22,16 +27,53 @@ import numpy as np
 
 from dsl_jax import storage
 from dsl_jax.conversion import keymap
-from dsl_jax.errors import require
+from dsl_jax.errors import UserError, require
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+# Weight files and their indexes: never copied by ``copy_from`` (export writes its own).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf",
+                   ".onnx", ".npz", ".index.json")
+
+
+def is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES)
+
+
+def companion_files(hf_dir: str, cfg) -> dict[str, str]:
+    """name -> path of the files of ``hf_dir`` that :func:`export` copies with
+    ``copy_from``: every top-level file that is not a weight file, an index or hidden
+    (``config.json`` included, after checking that it describes ``cfg``: the same
+    architecture field for field, weights aside). Checked before anything is written."""
+    from dsl_jax.config import ModelConfig
+
+    require(storage.isdir(hf_dir), f"{hf_dir}: no such directory")
+    config_path = storage.join(hf_dir, "config.json")
+    require(storage.isfile(config_path), f"{config_path}: missing config.json")
+    theirs = ModelConfig.from_hf_json(config_path).to_hf_dict()
+    ours = cfg.to_hf_dict()
+    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if differ:
+        k = differ[0]
+        raise UserError(f"{config_path}: describes another model than the checkpoint ({k}: "
+                        f"{theirs.get(k)!r} there, {ours.get(k)!r} in the checkpoint)")
+    out = {}
+    for name in sorted(storage.listdir(hf_dir)):
+        path = storage.join(hf_dir, name)
+        if name.startswith(".") or is_weight_file(name) or not storage.isfile(path):
+            continue
+        out[name] = path
+    return out
 
 
 def export(ckpt: str, hf_dir: str, overwrite: bool = False,
-           max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True) -> dict:
-    """Write checkpoint ``ckpt`` as a Hugging Face LLaDA directory ``hf_dir``.
+           max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True,
+           copy_from: str | None = None) -> dict:
+    """Write checkpoint ``ckpt`` as a Hugging Face LLaDA directory ``hf_dir``; with
+    ``copy_from`` (a Hugging Face folder of the same model) also its companion files
+    (:func:`companion_files`), byte for byte.
 
-    Returns a summary dict: tensors, bytes, files, seconds, peak_rss_bytes, out.
+    Returns a summary dict: tensors, bytes, files, seconds, peak_rss_bytes, out, dsl,
+    copied (the names copied from ``copy_from``).
     """
     from tqdm import tqdm
 
@@ -51,6 +93,7 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
             f"{out}: cannot export a checkpoint onto itself")
     cfg = checkpoint.model_config(meta, source=storage.join(ckpt, checkpoint.META_FILE))
     dsl = checkpoint.dsl_config(meta)
+    copied = companion_files(copy_from, cfg) if copy_from else {}
     # No mesh: each parameter is restored as a host numpy array.
     target = checkpoint.abstract_params(cfg, dsl)
 
@@ -60,7 +103,7 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
         entry, layer = keymap.lookup(key)
         items.append((key, ("model",) + entry.jax_path, layer, entry))
     if dsl is not None:
-        for key, entry in keymap.DSL.items():
+        for key, entry in keymap.dsl_entries(dsl.residual).items():
             items.append((key, ("dsl",) + entry.jax_path, None, entry))
     entries = []
     for key, path, layer, entry in items:
@@ -109,12 +152,21 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
             index = {"metadata": {"total_size": total},
                      "weight_map": {key: names[file_of[key]] for key, _, _ in entries}}
             storage.write_text(storage.join(tmp, INDEX_FILE), json.dumps(index, indent=2))
-            storage.write_text(storage.join(tmp, "config.json"),
-                               json.dumps(cfg.to_hf_dict(), indent=2))
+            for name, src in copied.items():
+                if name != "config.json":
+                    with storage.user_errors(src):
+                        storage.write_bytes(storage.join(tmp, name), storage.read_bytes(src))
+            if "config.json" in copied:  # the source's own, checked to match
+                with storage.user_errors(copied["config.json"]):
+                    storage.write_bytes(storage.join(tmp, "config.json"),
+                                        storage.read_bytes(copied["config.json"]))
+            else:
+                storage.write_text(storage.join(tmp, "config.json"),
+                                   json.dumps(cfg.to_hf_dict(), indent=2))
     finally:
         bar.close()
         for w in writers:
             w.discard()
     return {"out": out, "tensors": done, "bytes": total, "files": len(names),
             "seconds": time.perf_counter() - t0, "peak_rss_bytes": peak_rss_bytes(),
-            "dsl": dsl is not None}
+            "dsl": dsl is not None, "copied": sorted(copied)}

@@ -141,7 +141,21 @@ DSL: dict[str, Entry] = {
     "converter.backbone_embedding.bias": Entry(("converter", "c"), lambda c: (c.d_model,),
                                                _same, _same),
 }
-DSL_UNSUPPORTED_PREFIX = "converter.residual_proj."
+# The "Highpass" release's residual path (``DSLConfig.residual``): Linear(d -> d_model),
+# weight [d_model, d] in PyTorch, [d, d_model] in dsl-jax.
+DSL_RESIDUAL: dict[str, Entry] = {
+    "converter.residual_proj.weight": Entry(("converter", "residual", "w"),
+                                            lambda c: (c.d_model, None), _t, _t),
+    "converter.residual_proj.bias": Entry(("converter", "residual", "c"), lambda c: (c.d_model,),
+                                          _same, _same),
+}
+
+
+def dsl_entries(residual: bool) -> dict[str, Entry]:
+    """The DSL keys of a checkpoint with (``residual``) or without the residual path."""
+    return {**DSL, **DSL_RESIDUAL} if residual else dict(DSL)
+
+
 # Also in the authors' saves, not parameters of the dsl-jax tree:
 # - ``log_snr_max``: a scalar holding log(s_max), the training SNR maximum (the checkpoint
 #   meta's ``dsl.snr_max``); export writes it, in float32, for every DSL checkpoint;

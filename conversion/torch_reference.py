@@ -75,16 +75,24 @@ def build_llama(cfg: ModelConfig, tensors: Mapping[str, "np.ndarray | object"], 
     return model.eval()
 
 
-def llama_logits(model, ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
-    """Bidirectional logits [B, T, V] in float32; ``attention_mask`` is a key-padding mask."""
+def llama_logits(model, ids: np.ndarray | None, attention_mask: np.ndarray | None = None,
+                 inputs_embeds: np.ndarray | None = None) -> np.ndarray:
+    """Bidirectional logits [B, T, V] in float32; ``attention_mask`` is a key-padding mask.
+    ``inputs_embeds`` [B, T, D] (cast to the model's dtype) replaces the token embedding
+    of ``ids`` (then None), as the DSL converter's output does."""
     torch, _ = import_torch()
-    ids_t = torch.from_numpy(np.asarray(ids, np.int64))
-    B, T = ids_t.shape
     dtype = next(model.parameters()).dtype
+    if inputs_embeds is not None:
+        feed = {"inputs_embeds": torch.from_numpy(np.asarray(inputs_embeds)).to(dtype)}
+        B, T = inputs_embeds.shape[:2]
+    else:
+        ids_t = torch.from_numpy(np.asarray(ids, np.int64))
+        feed = {"input_ids": ids_t}
+        B, T = ids_t.shape
     mask = torch.zeros((B, 1, T, T), dtype=dtype)
     if attention_mask is not None:
         keep = torch.from_numpy(np.asarray(attention_mask, bool))[:, None, None, :]
         mask = mask.masked_fill(~keep, torch.finfo(dtype).min)
     with torch.no_grad():
-        out = model(input_ids=ids_t, attention_mask=mask, use_cache=False)
+        out = model(**feed, attention_mask=mask, use_cache=False)
     return out.logits.float().numpy()

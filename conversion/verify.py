@@ -6,7 +6,8 @@ built from the same Hugging Face files (weights rounded to the checkpoint's stor
 dtype, computing in float32), then prints the largest absolute logit
 difference and the mean KL(torch || flax) of the next-token distributions. Exits
 with status 1 beyond tolerance. Needs the ``verify`` extra (torch, transformers).
-For a DSL-LLaDA checkpoint the DSL tensors are also compared exactly.
+For a DSL-LLaDA checkpoint the DSL tensors (the residual path's too) are also compared
+exactly.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int =
     torch_reference.import_torch("verify")
     import jax.numpy as jnp
 
-    from dsl_jax.conversion.convert import plan
+    from dsl_jax.conversion.convert import has_residual, plan
     from dsl_jax.conversion.hf_io import HFCheckpoint
     from dsl_jax import checkpoint
     from dsl_jax.config import ModelConfig
@@ -74,8 +75,11 @@ def verify(hf_dir: str, ckpt: str, batch: int = 2, length: int = 32, seed: int =
     dsl_diff = None
     if dsl is not None:
         m = checkpoint.load(ckpt, mesh, kind="dsl", why=f"{hf_dir} has them")
+        require(m.dsl.residual == has_residual(dsl),
+                f"{ckpt}: {'no' if has_residual(dsl) else 'a'} converter residual path, unlike "
+                f"{hf_dir}")
         dsl_diff = 0.0
-        for key, entry in keymap.DSL.items():
+        for key, entry in keymap.dsl_entries(has_residual(dsl)).items():
             node = m
             for p in entry.jax_path:
                 node = getattr(node, p)

@@ -262,9 +262,16 @@ def save_pieces(path: str, pieces: Iterable[dict], meta: dict, overwrite: bool =
             fn(*args)
 
     remote = storage.is_remote(path)
-    require(not (remote and jax.process_count() > 1),
-            f"{path}: writing a converted checkpoint to a bucket from several processes is not "
-            "supported; convert on one host (or to a shared disk) and copy it")
+    if remote and jax.process_count() > 1:
+        # Orbax's partial saves rename directories, which a bucket cannot do, and a host's
+        # local staging would hold its own shards only. On a pod the pieces (arrays
+        # sharded over the pod's devices: a host holds its share, a fraction of the
+        # checkpoint) are joined into one tree that every host writes at once.
+        tree: dict = {}
+        for piece in pieces:
+            _merge(tree, piece)
+        save(path, tree, meta, overwrite=overwrite)
+        return
     with atomic_dir(path, overwrite, marker=META_FILE) as tmp, contextlib.ExitStack() as stack:
         # Orbax's partial saves cannot write to a bucket (they rename directories): for
         # one, the pieces are staged in a local temporary directory, removed whatever
@@ -300,6 +307,15 @@ def save_pieces(path: str, pieces: Iterable[dict], meta: dict, overwrite: bool =
             storage.write_text(storage.join(params_dir, "commit_success.txt"),
                                f"Checkpoint commit was successful to {params_dir}")
         _write_meta(tmp, meta, None)
+
+
+def _merge(into: dict, piece: dict) -> None:
+    """Add the leaves of nested dict ``piece`` to nested dict ``into``."""
+    for k, v in piece.items():
+        if isinstance(v, dict):
+            _merge(into.setdefault(k, {}), v)
+        else:
+            into[k] = v
 
 
 def save_model(path: str, model, overwrite: bool = False,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
-from dsl_jax.errors import UserError
+from dsl_jax.errors import UserError, one_line
 
 # subcommand -> (module, one-line help). Order is the order shown by --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     show_status_lines()
+    return _leave(_run(args))
+
+
+def _run(args) -> int:
     try:
         if args.command not in LOCAL_ONLY:
             from dsl_jax.launch.distributed import maybe_initialize
@@ -96,6 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dsl-jax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # no traceback for the user; DSL_JAX_DEBUG=1 keeps it
+        if os.environ.get("DSL_JAX_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"dsl-jax {args.command}: error: {one_line(e)} (run with DSL_JAX_DEBUG=1 for "
+              "the traceback)", file=sys.stderr)
+        return 1
+
+
+def _leave(code: int) -> int:
+    """``code``, or, for a failed process of a multi-process run, exit at once with it:
+    JAX's shutdown at exit would wait for every other host, which may be waiting for
+    this one inside a collective, so the pod would hang instead of ending."""
+    from dsl_jax.launch import distributed
+
+    if code and distributed.started():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

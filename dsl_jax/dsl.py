@@ -5,7 +5,9 @@
   the softmax over V + 1 entries in float32, ``chunk_positions`` sequence positions at a
   time with every batch row together (so the batch sharding is kept) and recomputed in
   the backward pass (:func:`map_positions`; never materialised for a whole sequence,
-  never stored), for the loss and the samplers alike;
+  never stored), for the loss and the samplers alike; with ``DSLConfig.residual`` (the
+  released "Highpass" variant) plus a linear map of z's high-pass part (docs/method.md
+  section 2);
 - the forward noising z = s E[x] + sqrt(s) eps;
 - :class:`DSLModel`: LLaDA + noise embedding + converter, the tree that checkpoints
   store under ``model`` and ``dsl``.
@@ -17,6 +19,11 @@ Parameter layout of the ``dsl`` group (released DSL-LLaDA keys in brackets):
     converter.logit_bias  [vocab_plus]          converter.logit_bias
     converter.w           [vocab_plus, embed]   converter.backbone_embedding.weight (transposed)
     converter.c           [embed]               converter.backbone_embedding.bias
+    converter.residual.w  [noise, embed]        converter.residual_proj.weight (transposed)
+    converter.residual.c  [embed]               converter.residual_proj.bias
+
+(``converter.residual`` only with ``DSLConfig.residual``; its names ``w`` and ``c`` are the
+converter's own, so ``optimizer.no_decay``'s ``c`` covers both biases.)
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class DSLConfig:
     lognormal_mu: float = 1.69
     lognormal_sigma: float = 0.9
     per_sequence_snr: bool = False
+    residual: bool = False  # the converter's high-pass residual path ("Highpass" release)
 
     @property
     def lognormal_clamp(self) -> float:
@@ -119,25 +127,43 @@ def map_positions(fn, xs, chunk: int):
 
 def converter_apply(z: jax.Array, noise_embed: jax.Array, beta: jax.Array, logit_bias: jax.Array,
                     w: jax.Array, c: jax.Array, chunk: int = 1024,
-                    out_dtype=jnp.float32) -> jax.Array:
+                    out_dtype=jnp.float32, residual: tuple[jax.Array, jax.Array] | None = None
+                    ) -> jax.Array:
     """converter(z) = W softmax(beta z K^T + b) + c for z [B, L, d] (or [L, d]); returns
     [B, L, d_model] (or [L, d_model]) in ``out_dtype``.
 
     The softmax over V + 1 = |vocab| + 1 entries (the last is the zero "mask slot") is
     computed in float32 for ``chunk`` sequence positions (of every row) at a time,
     rematerialised in the backward pass (:func:`map_positions`).
+
+    ``residual`` = (R [d, d_model], r [d_model]) adds the high-pass path of the
+    "Highpass" release: with p the softmax above, u = p E (the soft retrieval's point in
+    noise space; the mask slot's row of K is zero), n = u / (|u| + 1e-8) and
+    z_hi = z - (z . n) n, the output gains z_hi R + r (z_hi in float32, cast to R's dtype
+    for the product).
     """
     require(z.ndim in (2, 3), f"converter: z must be [B, L, d] or [L, d], got shape {z.shape}")
     e32 = noise_embed.astype(jnp.float32)
     b32 = logit_bias.astype(jnp.float32)
     beta32 = jnp.asarray(beta, jnp.float32)
+    if residual is not None:  # K = [E; 0]: p K = p[:V] E without slicing the large p
+        k32 = jnp.concatenate([e32, jnp.zeros((1, e32.shape[1]), jnp.float32)], axis=0)
 
     def one(zc):  # [B, c, d] -> [B, c, d_model]
-        scores = beta32 * (zc.astype(jnp.float32) @ e32.T)  # the mask slot's score is beta * 0
+        z32 = zc.astype(jnp.float32)
+        scores = beta32 * (z32 @ e32.T)  # the mask slot's score is beta * 0
         scores = jnp.concatenate([scores, jnp.zeros((*zc.shape[:2], 1), jnp.float32)], axis=-1)
         p = jax.nn.softmax(scores + b32, axis=-1)
         h = jnp.einsum("blv,ve->ble", p.astype(w.dtype), w, preferred_element_type=jnp.float32)
-        return (h + c.astype(jnp.float32)).astype(out_dtype)
+        h = h + c.astype(jnp.float32)
+        if residual is not None:
+            rw, rb = residual
+            u = p @ k32  # [B, c, d]
+            n = u / (jnp.linalg.norm(u, axis=-1, keepdims=True) + 1e-8)
+            z_hi = z32 - jnp.sum(z32 * n, axis=-1, keepdims=True) * n
+            h = h + jnp.einsum("bld,de->ble", z_hi.astype(rw.dtype), rw,
+                               preferred_element_type=jnp.float32) + rb.astype(jnp.float32)
+        return h.astype(out_dtype)
 
     out = constrain(map_positions(one, z if z.ndim == 3 else z[None], chunk),
                     ("batch", "length", "act_embed"))
@@ -151,16 +177,30 @@ def add_noise(ids: jax.Array, snr: jax.Array, eps: jax.Array, noise_embed: jax.A
     return s * e + jnp.sqrt(s) * eps.astype(jnp.float32)
 
 
+class Residual(nnx.Module):
+    """The converter's high-pass residual path: ``Linear(d -> d_model)``, initialised as the
+    authors do (weight ~ N(0, 0.01^2), bias 0), drawn from ``rngs.params()``."""
+
+    def __init__(self, noise_dim: int, d_model: int, param_dtype: str = "float32", *,
+                 rngs: nnx.Rngs):
+        dt = jnp.dtype(param_dtype)
+        w = 0.01 * jax.random.normal(rngs.params(), (noise_dim, d_model), jnp.float32)
+        self.w = nnx.Param(w.astype(dt), axes=("noise", "embed"))
+        self.c = nnx.Param(jnp.zeros((d_model,), dt), axes=("norm",))
+
+
 class Converter(nnx.Module):
     """The soft-mask converter; initialised from LLaDA's token embedding wte.
 
     ``c`` starts as a PyTorch ``Linear(V + 1, d_model)`` bias does in the authors' code
     (their W is overwritten by wte, their bias is not): uniform in +-1/sqrt(V + 1), drawn
-    from ``rngs.params()``.
+    from ``rngs.params()``. ``residual_dim`` (the noise width d) adds the high-pass
+    residual path (:class:`Residual`, drawn after ``c``); ``self.residual`` is None without.
     """
 
     def __init__(self, wte: jax.Array, mask_token_id: int, beta_init: float = 1.0,
-                 param_dtype: str = "float32", *, rngs: nnx.Rngs):
+                 param_dtype: str = "float32", *, rngs: nnx.Rngs,
+                 residual_dim: int | None = None):
         V, D = wte.shape
         dt = jnp.dtype(param_dtype)
         self.beta = nnx.Param(jnp.asarray(beta_init, jnp.float32), axes=())
@@ -171,11 +211,15 @@ class Converter(nnx.Module):
         bound = 1.0 / math.sqrt(V + 1)
         c = jax.random.uniform(rngs.params(), (D,), jnp.float32, -bound, bound)
         self.c = nnx.Param(c.astype(dt), axes=("norm",))
+        self.residual = (Residual(residual_dim, D, param_dtype, rngs=rngs)
+                         if residual_dim else None)
 
     def __call__(self, z: jax.Array, noise_embed: jax.Array, chunk: int = 1024,
                  beta_scale: float = 1.0, out_dtype=jnp.float32) -> jax.Array:
+        res = None if self.residual is None else (self.residual.w[...], self.residual.c[...])
         return converter_apply(z, noise_embed, self.beta[...] * beta_scale, self.logit_bias[...],
-                               self.w[...], self.c[...], chunk=chunk, out_dtype=out_dtype)
+                               self.w[...], self.c[...], chunk=chunk, out_dtype=out_dtype,
+                               residual=res)
 
 
 class DSLModel(nnx.Module):
@@ -192,7 +236,8 @@ class DSLModel(nnx.Module):
         e = noise_embedding(cfg.vocab_size, dsl.noise_dim, dsl.noise_seed)
         self.noise_embed = Frozen(jnp.asarray(e), axes=("vocab", "noise"))
         self.converter = Converter(self.llada.embed[...], cfg.mask_token_id, dsl.beta_init,
-                                   cfg.param_dtype, rngs=rngs)
+                                   cfg.param_dtype, rngs=rngs,
+                                   residual_dim=dsl.noise_dim if dsl.residual else None)
 
     def embed_noisy(self, z: jax.Array, beta_scale: float = 1.0) -> jax.Array:
         """Backbone input embeddings [B, L, d_model] for noisy states z [B, L, d]."""

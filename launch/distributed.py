@@ -156,6 +156,11 @@ def maybe_initialize(environ: Mapping[str, str] | None = None, **kwargs) -> bool
     return True
 
 
+def started() -> bool:
+    """Whether this process joined a multi-process run (:func:`maybe_initialize`)."""
+    return _started
+
+
 def process_index() -> int:
     import jax
     return jax.process_index()

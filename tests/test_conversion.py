@@ -24,7 +24,7 @@ NOISE_DIM = 8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def random_tensors(cfg, seed=0, dsl=False):
+def random_tensors(cfg, seed=0, dsl=False, residual=False):
     r = np.random.default_rng(seed)
     out = {}
     for key in keymap.torch_keys(cfg):
@@ -42,6 +42,10 @@ def random_tensors(cfg, seed=0, dsl=False):
             0.05 * r.standard_normal((cfg.d_model, cfg.vocab_size + 1))).astype(np.float32)
         out["converter.backbone_embedding.bias"] = (0.1 * r.standard_normal(cfg.d_model)).astype(np.float32)
         out["log_snr_max"] = np.asarray(np.log(100.0), np.float32)  # as the authors' saves hold
+    if residual:  # the "Highpass" release: Linear(d -> d_model), the authors' key names
+        out["converter.residual_proj.weight"] = (
+            0.3 * r.standard_normal((cfg.d_model, NOISE_DIM))).astype(np.float32)
+        out["converter.residual_proj.bias"] = (0.1 * r.standard_normal(cfg.d_model)).astype(np.float32)
     return out
 
 
@@ -51,7 +55,8 @@ def write_hf(path, cfg, tensors, dtype=np.float32, split=True):
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg.to_hf_dict(), f)
     keys = list(tensors)
-    cast = {k: (v.astype(dtype) if k in keymap.torch_keys(cfg) or "backbone" in k else v)
+    cast = {k: (v.astype(dtype) if k in keymap.torch_keys(cfg) or "backbone" in k
+                or "residual_proj" in k else v)
             for k, v in tensors.items()}
     if split:
         # wte and the first half of layer 0 in shard 1; the rest in shard 2.
@@ -153,8 +158,10 @@ def test_restore_on_other_meshes(converted, mesh1):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_round_trip_identical(tmp_path, dtype):
+    """A Highpass DSL-LLaDA folder (the residual path's keys included) converts and exports
+    back bit for bit."""
     np_dtype = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
-    tensors = random_tensors(CFG, seed=5, dsl=True)
+    tensors = random_tensors(CFG, seed=5, dsl=True, residual=True)
     src = write_hf(str(tmp_path / "src"), CFG, tensors, dtype=np_dtype)
     ck = str(tmp_path / "ck")
     # layerwise: the accelerator path (stacked parameters built on the devices layer by layer).
@@ -172,7 +179,9 @@ def test_round_trip_identical(tmp_path, dtype):
     # The exported shards are ordinary safetensors files (read here by the safetensors library).
     from safetensors.torch import load_file
     index = json.load(open(os.path.join(back, hf_io.INDEX_FILE)))["weight_map"]
-    for key in (keymap.PREFIX + "blocks.0.q_proj.weight", "converter.backbone_embedding.weight"):
+    assert checkpoint.read_meta(ck)["dsl"]["residual"] is True
+    for key in (keymap.PREFIX + "blocks.0.q_proj.weight", "converter.backbone_embedding.weight",
+                "converter.residual_proj.weight"):
         t = load_file(os.path.join(back, index[key]))[key]
         np.testing.assert_array_equal(t.float().numpy(), a[key].astype(np.float32))
 
@@ -299,10 +308,18 @@ def test_unexpected_and_missing_keys(tmp_path, mesh1):
     del t[keymap.PREFIX + "blocks.1.k_proj.weight"]
     _bad(tmp_path / "2", mesh1, lambda d: None, r"missing key model\.transformer\.blocks\.1\.k_proj\.weight",
          tensors=t)
-    t = random_tensors(CFG, seed=7, dsl=True)
-    t["converter.residual_proj.weight"] = np.zeros((2, 2), np.float32)
-    _bad(tmp_path / "3", mesh1, lambda d: None, r"converter\.residual_proj\.weight: .*not supported",
+    # The residual path's two keys come together, shaped [d_model, d] and [d_model].
+    t = random_tensors(CFG, seed=7, dsl=True, residual=True)
+    del t["converter.residual_proj.bias"]
+    _bad(tmp_path / "3", mesh1, lambda d: None, r"missing key converter\.residual_proj\.bias",
          tensors=t)
+    t = random_tensors(CFG, seed=7, dsl=True, residual=True)
+    t["converter.residual_proj.weight"] = np.zeros((CFG.d_model, NOISE_DIM + 1), np.float32)
+    _bad(tmp_path / "3b", mesh1, lambda d: None,
+         r"tensor converter\.residual_proj\.weight has shape \[64, 9\] but config\.json implies "
+         r"\[64, 8\]", tensors=t)
+    t = random_tensors(CFG, seed=7, residual=True)  # the residual path without the converter
+    _bad(tmp_path / "3c", mesh1, lambda d: None, r"missing key noise_embed\.weight", tensors=t)
     t = random_tensors(CFG, seed=7, dsl=True)
     del t["converter.beta"]
     _bad(tmp_path / "4", mesh1, lambda d: None, r"missing key converter\.beta", tensors=t)
@@ -438,3 +455,270 @@ def test_export_of_a_saved_dsl_model(tmp_path, mesh1):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ---- the "Highpass" release: the converter's residual path ---------------------------------
+
+
+def numpy_converter(z, t, residual=True):
+    """The authors' converter in float64 numpy from their tensors ``t``: W softmax(beta z K^T
+    + b) + c, plus (``residual``) R z_hi + r with u = p[:V] E, n = u / (|u| + 1e-8),
+    z_hi = z - (z . n) n."""
+    E = t["noise_embed.weight"].astype(np.float64)
+    V, d = E.shape
+    K = np.concatenate([E, np.zeros((1, d))])
+    s = float(t["converter.beta"]) * (z @ K.T) + t["converter.logit_bias"].astype(np.float64)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    h = p @ t["converter.backbone_embedding.weight"].astype(np.float64).T \
+        + t["converter.backbone_embedding.bias"].astype(np.float64)
+    if residual:
+        u = p[..., :V] @ E
+        n = u / (np.linalg.norm(u, axis=-1, keepdims=True) + 1e-8)
+        z_hi = z - np.sum(z * n, axis=-1, keepdims=True) * n
+        h = h + z_hi @ t["converter.residual_proj.weight"].astype(np.float64).T \
+            + t["converter.residual_proj.bias"].astype(np.float64)
+    return h
+
+
+def test_highpass_logits_match_float64_reference(tmp_path, mesh8):
+    """A Highpass folder (random tiny config, the authors' keys) converts into a checkpoint
+    whose metadata says ``residual`` and whose loaded DSLModel's converter output and logits
+    equal a float64 reference: numpy for the converter, PyTorch Llama (float64) for LLaDA."""
+    tensors = random_tensors(CFG, seed=11, dsl=True, residual=True)
+    src = write_hf(str(tmp_path / "highpass"), CFG, tensors)
+    ck = str(tmp_path / "ck")
+    s = convert(src, ck, dtype="float32", mesh=mesh8, progress=False)
+    assert s["dsl"] and s["residual"] and s["tensors"] == len(tensors) - 1  # log_snr_max aside
+    assert checkpoint.read_meta(ck)["dsl"]["residual"] is True
+    m = checkpoint.load(ck, mesh=mesh8, kind="dsl", dtype="float32")
+    assert m.dsl.residual
+    np.testing.assert_array_equal(np.asarray(m.converter.residual.w[...]),
+                                  tensors["converter.residual_proj.weight"].T)
+    np.testing.assert_array_equal(np.asarray(m.converter.residual.c[...]),
+                                  tensors["converter.residual_proj.bias"])
+    r = np.random.default_rng(12)
+    B, L = 2, 7
+    ids = r.integers(0, CFG.vocab_size, (B, L))
+    snr = r.uniform(0.3, 20.0, (B, L))[..., None]
+    z = (snr * tensors["noise_embed.weight"][ids] + np.sqrt(snr) * r.standard_normal((B, L, NOISE_DIM))
+         ).astype(np.float32)
+    ref = numpy_converter(z.astype(np.float64), tensors)
+    # The residual path carries real weight here (the test would see it missing).
+    assert np.max(np.abs(ref - numpy_converter(z.astype(np.float64), tensors, residual=False))) > 0.5
+    # 7 positions in chunks of 3: the padded last chunk too.
+    got = np.asarray(m.converter(jnp.asarray(z), m.noise_embed[...], chunk=3))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(m.embed_noisy(jnp.asarray(z))), ref, rtol=1e-5, atol=1e-5)
+    llada = {k: v for k, v in tensors.items() if k in keymap.torch_keys(CFG)}
+    ref_logits = torch_reference.llama_logits(
+        torch_reference.build_llama(CFG, llada, dtype="float64"), None, inputs_embeds=ref)
+    got_logits = np.asarray(nnx.jit(lambda mm, x: mm(x))(m, jnp.asarray(z)))
+    np.testing.assert_allclose(got_logits, ref_logits, rtol=1e-4, atol=1e-4)
+    # verify compares the DSL tensors, the residual path's included.
+    assert verify(src, ck, length=8, mesh=mesh8)["dsl_max_abs_diff"] == 0.0
+
+
+def test_residual_path_trains_like_the_converter():
+    """``DSLConfig(residual=True)``: the authors' init (weight N(0, 0.01^2), bias 0), trained
+    with the converter (a gradient, no freezing), its bias exempt from weight decay as
+    ``converter.c`` is; without the flag there is no residual parameter at all."""
+    from dsl_jax.dsl import DSLConfig, DSLModel
+    from dsl_jax.train import default_config
+    from dsl_jax.train.state import decay_mask, no_decay_names, split
+
+    plain = DSLModel(CFG, DSLConfig(noise_dim=NOISE_DIM), rngs=nnx.Rngs(params=0))
+    assert plain.converter.residual is None
+    assert "residual" not in nnx.to_pure_dict(nnx.state(plain.converter, nnx.Param))
+    m = DSLModel(CFG, DSLConfig(noise_dim=NOISE_DIM, residual=True), rngs=nnx.Rngs(params=0))
+    w = np.asarray(m.converter.residual.w[...])
+    assert w.shape == (NOISE_DIM, CFG.d_model) and 0.007 < w.std() < 0.013
+    assert not np.any(np.asarray(m.converter.residual.c[...]))
+    # The other parameters are drawn as without the residual path.
+    np.testing.assert_array_equal(np.asarray(m.converter.c[...]), np.asarray(plain.converter.c[...]))
+    _, params, frozen = split(m, "dsl")
+    assert set(params["converter"]["residual"]) == {"w", "c"}
+    assert "converter" not in frozen
+    z = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, NOISE_DIM)), jnp.float32)
+    grads = nnx.jit(nnx.grad(lambda mm, zz: jnp.sum(mm.embed_noisy(zz) ** 2)))(m, z)
+    assert float(jnp.max(jnp.abs(grads.converter.residual.w[...]))) > 0
+    assert float(jnp.max(jnp.abs(grads.converter.residual.c[...]))) > 0
+    decays = decay_mask(no_decay_names(default_config().optimizer))(params)
+    assert decays["converter"]["residual"] == {"w": True, "c": False}
+    assert decays["converter"]["w"] is True and decays["converter"]["c"] is False
+
+
+# ---- tokenizer files, the chat template, export --copy-from ---------------------------------
+
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "llada-8b-instruct")
+# A model whose vocabulary holds a small byte-level tokenizer with LLaDA's special tokens.
+CFG_TOK = config.preset("tiny", vocab_size=320, mask_token_id=2, eos_token_id=1, pad_token_id=1,
+                        dtype="float32")
+CONVERSATIONS = [
+    [{"role": "user", "content": "Summarize: the cat sat on the mat."}],
+    [{"role": "user", "content": "  Hi there \n"}, {"role": "assistant", "content": " Hello! "},
+     {"role": "user", "content": "Ünïcode ✓ text\twith a tab\n\n"}],
+    [{"role": "system", "content": "You answer tersely."}, {"role": "user", "content": "2+2?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def hub_dir(tmp_path_factory):
+    """A tiny LLaDA folder laid out as on the Hub: weights, config.json (with fields beyond
+    the architecture's), a tokenizer with LLaDA's special tokens, LLaDA-8B-Instruct's own
+    tokenizer_config.json (tests/fixtures: its chat template and special tokens),
+    special_tokens_map.json, remote code (stand-ins), generation_config.json, a model card
+    and a hidden file."""
+    import shutil
+
+    from dsl_jax.tokenizer import train_small
+    d = tmp_path_factory.mktemp("hub") / "llada"
+    tensors = random_tensors(CFG_TOK, seed=21)
+    write_hf(str(d), CFG_TOK, tensors, split=False)
+    with open(d / "config.json", "w") as f:
+        json.dump({**CFG_TOK.to_hf_dict(), "torch_dtype": "bfloat16",
+                   "transformers_version": "4.38.2"}, f, indent=2)
+    texts = [c["content"] for conv in CONVERSATIONS for c in conv] * 3
+    train_small(texts, 300, str(d / "tokenizer.json"))
+    shutil.copy(os.path.join(FIXTURES, "tokenizer_config.json"), d / "tokenizer_config.json")
+    (d / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    (d / "configuration_llada.py").write_text("# stand-in for the remote configuration code\n")
+    (d / "modeling_llada.py").write_text("# stand-in for the remote modeling code\n")
+    (d / "generation_config.json").write_text('{"bos_token_id": 0, "eos_token_id": 1}\n')
+    (d / "README.md").write_text("A model card.\n")
+    (d / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    return str(d), tensors
+
+
+@pytest.fixture(scope="module")
+def hub_converted(hub_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ck") / "llada")
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    return out, convert(hub_dir[0], out, dtype="float32", mesh=mesh, progress=False)
+
+
+def test_convert_copies_the_tokenizer_where_train_and_sample_look(hub_dir, hub_converted, converted):
+    from ml_collections import ConfigDict
+
+    from dsl_jax.tokenizer import Tokenizer, llada_chat
+    from dsl_jax.train import data as data_lib
+    src, _ = hub_dir
+    ck, s = hub_converted
+    names = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    assert s["tokenizer_files"] == names
+    assert s["tokenizer_note"] == ("copied tokenizer.json, tokenizer_config.json, "
+                                   "special_tokens_map.json and its chat template")
+    for name in names:
+        with open(os.path.join(src, name), "rb") as a, open(os.path.join(ck, name), "rb") as b:
+            assert a.read() == b.read(), name
+    # `train --config.init_ckpt=CKPT` (and sample/eval's CKPT/tokenizer.json) find it.
+    tok, path = data_lib.load_tokenizer(ConfigDict({"tokenizer": ""}), ck)
+    assert path == os.path.join(ck, "tokenizer.json") and tok.chat_template is not None
+    assert tok.prompt("Hi") == tok.encode(llada_chat([{"role": "user", "content": "Hi"}]))
+    assert Tokenizer.from_file(ck).render_chat(CONVERSATIONS[1]) == llada_chat(CONVERSATIONS[1])
+    # A folder without a tokenizer: nothing copied, and the summary says how to add one.
+    assert converted[1]["tokenizer_files"] == []
+    assert converted[1]["tokenizer_note"].startswith("no tokenizer.json in ")
+
+
+def test_convert_tokenizer_from_another_folder_and_bad_ones(hub_dir, hf_split, tmp_path, mesh1):
+    import shutil
+    src, _ = hub_dir
+    # A DSL-LLaDA-like folder without tokenizer files takes them from another folder.
+    tensors = random_tensors(CFG_TOK, seed=22, dsl=True)
+    bare = write_hf(str(tmp_path / "bare"), CFG_TOK, tensors, split=False)
+    out = str(tmp_path / "ck")
+    s = convert(bare, out, dtype="float32", mesh=mesh1, progress=False, tokenizer_dir=src)
+    assert s["tokenizer_files"] == ["special_tokens_map.json", "tokenizer.json",
+                                    "tokenizer_config.json"]
+    assert open(os.path.join(out, "tokenizer.json")).read() == open(
+        os.path.join(src, "tokenizer.json")).read()
+    # Refused before anything is written: a tokenizer too large for the model, a named
+    # folder without tokenizer.json, a chat template that does not compile.
+    with pytest.raises(UserError, match=r"tokenizer\.json: \d+ tokens, more than the model's "
+                                        r"vocabulary of 96"):
+        convert(hf_split[0], str(tmp_path / "x1"), mesh=mesh1, progress=False, tokenizer_dir=src)
+    with pytest.raises(UserError, match=r"bare: no tokenizer\.json"):
+        convert(bare, str(tmp_path / "x2"), mesh=mesh1, progress=False, tokenizer_dir=bare)
+    broken = tmp_path / "broken"
+    shutil.copytree(src, broken)
+    (broken / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% for m in x %}"}))
+    with pytest.raises(UserError, match=r"tokenizer_config\.json: chat template: ") as e:
+        convert(str(broken), str(tmp_path / "x3"), mesh=mesh1, progress=False)
+    assert "\n" not in str(e.value)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("x") or n.startswith(".x")]
+
+
+def test_chat_template_renders_as_transformers_does_and_as_coded(hub_dir):
+    """LLaDA-8B-Instruct's own chat template (tests/fixtures), rendered with jinja2 here,
+    gives what ``transformers``' apply_chat_template gives and what :func:`llada_chat`
+    codes, for conversations with stripping, several turns, non-ASCII text and a system
+    message; that template ignores add_generation_prompt (always ends with the header)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from dsl_jax.tokenizer import ChatTemplate, Tokenizer, llada_chat
+    src, _ = hub_dir
+    tok = Tokenizer.from_file(os.path.join(src, "tokenizer.json"))
+    assert tok.chat_template.origin.endswith("tokenizer_config.json")
+    assert tok.chat_template.variables["bos_token"] == "<|startoftext|>"
+    hf = PreTrainedTokenizerFast.from_pretrained(src)
+    for conv in CONVERSATIONS:
+        got = tok.render_chat(conv)
+        assert got == llada_chat(conv)
+        assert got == hf.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        assert tok.render_chat(conv, add_generation_prompt=False) == got == hf.apply_chat_template(
+            conv, tokenize=False, add_generation_prompt=False)
+        assert tok.chat(conv) == hf.encode(got, add_special_tokens=False)
+    assert llada_chat(CONVERSATIONS[0], add_generation_prompt=False) + \
+        "<|start_header_id|>assistant<|end_header_id|>\n\n" == llada_chat(CONVERSATIONS[0])
+    # Without a template beside it, the coded one.
+    plain = Tokenizer(tok.tok, source="plain")
+    assert plain.render_chat(CONVERSATIONS[1]) == llada_chat(CONVERSATIONS[1])
+    # transformers' helpers and environment: raise_exception, tojson, trim_blocks.
+    t = ChatTemplate("{% for m in messages %}{% if m['role'] == 'system' %}"
+                     "{{ raise_exception('no system messages here') }}{% endif %}\n"
+                     "{{ m | tojson }}{% endfor %}", origin="custom")
+    assert t.render(CONVERSATIONS[1][2:]) == '{"role": "user", "content": "Ünïcode ✓ text\\twith a tab\\n\\n"}'
+    with pytest.raises(UserError, match=r"^custom: chat template: no system messages here$"):
+        t.render(CONVERSATIONS[2])
+    # The sandbox: no access to Python internals.
+    with pytest.raises(UserError, match=r"^custom: chat template: "):
+        ChatTemplate("{{ messages.__class__.__mro__ }}", origin="custom").render([])
+
+
+def test_export_copy_from_loads_like_the_original(hub_dir, hub_converted, hf_split, tmp_path):
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
+
+    from dsl_jax import cli
+    src, tensors = hub_dir
+    ck, _ = hub_converted
+    back = str(tmp_path / "back")
+    s = export(ck, back, progress=False, copy_from=src)
+    companions = ["README.md", "config.json", "configuration_llada.py", "generation_config.json",
+                  "modeling_llada.py", "special_tokens_map.json", "tokenizer.json",
+                  "tokenizer_config.json"]
+    assert s["copied"] == companions
+    written = ["model.safetensors", hf_io.INDEX_FILE]
+    assert sorted(os.listdir(back)) == sorted(companions + written)
+    for name in companions:  # byte for byte, config.json included (it was checked to match)
+        with open(os.path.join(src, name), "rb") as a, open(os.path.join(back, name), "rb") as b:
+            assert a.read() == b.read(), name
+    b = read_hf(back)
+    assert set(b) == set(tensors)
+    for k in tensors:
+        np.testing.assert_array_equal(b[k], tensors[k], err_msg=k)
+    # transformers reads the same configuration and tokenizer from both folders.
+    assert PretrainedConfig.from_pretrained(back).to_dict() == \
+        PretrainedConfig.from_pretrained(src).to_dict()
+    text = "Ünïcode ✓ text"
+    assert PreTrainedTokenizerFast.from_pretrained(back).encode(text) == \
+        PreTrainedTokenizerFast.from_pretrained(src).encode(text)
+    # Another model's folder is refused before anything is written.
+    with pytest.raises(UserError, match=r"config\.json: describes another model than the "
+                                        r"checkpoint \(embedding_size: 96 there, 320 in the checkpoint\)"):
+        export(ck, str(tmp_path / "other"), progress=False, copy_from=hf_split[0])
+    assert not os.path.exists(tmp_path / "other")
+    assert cli.main(["export", "--ckpt", ck, "--hf", str(tmp_path / "cli"), "--copy-from", src,
+                     "--no-progress"]) == 0
+    assert sorted(os.listdir(tmp_path / "cli")) == sorted(companions + written)

@@ -438,3 +438,145 @@ def test_sample_eval_and_robustness_on_a_simulated_pod(world, tmp_path):
     for i, x in zip(b, ids):
         want[i] = tok.decode(x)
     assert got == want
+
+
+# ---- the authors' records, lead-k baselines, intervals, tokens/s, keys --------------------
+
+def _sweep(out_dir, **cfg):
+    from dsl_jax.evaluation.sweep import Settings
+    return Settings.from_config({"out_dir": str(out_dir), "plots": False, **cfg})
+
+
+def test_authors_json_is_evaluated_with_its_own_prompts(world, tmp_path):
+    """A file of the authors' records: its prompts (chat-templated) are what the generator
+    gets, in file order, its ids are the examples' ids, ROUGE is scored against its
+    references; the report has ROUGE-Lsum and intervals."""
+    from dsl_jax.evaluation import metrics as M
+    from dsl_jax.evaluation.sweep import run_sweep
+    from dsl_jax.tokenizer import Tokenizer
+
+    recs = [{"id": f"doc{9 - i}", "source": f"Source text number {i}.",
+             "reference": f"The council voted for room {i}. Residents welcomed it.",
+             "prompt": f"Please summarize, {'briefly ' * i}this:\n\nThe council met on day {i}."}
+            for i in range(5)]
+    path = tmp_path / "cnn_dailymail_1000.json"
+    path.write_text(json.dumps(recs))
+    tok = Tokenizer.from_file(world["tok"])
+    seen = {}
+
+    def fake(prompts, sampler, nfe, gen_length, seed):
+        out = []
+        for p in prompts:
+            i = [tuple(tok.prompt(r["prompt"])) for r in recs].index(tuple(p))
+            seen[i] = gen_length
+            ids = tok.encode(f"The council voted for room {i}." + (" Yes" if i % 2 else ""))
+            out.append(ids + [tok.eos_id] * (gen_length - len(ids)))
+        return out
+
+    s = _sweep(tmp_path / "out", tokenizer=world["tok"], benchmarks=f"json:{path}",
+               samplers="remask", nfe="4", batch_size=2, generator=GENERATOR, num_examples=4)
+    rows = run_sweep(s, generate_fn=fake, progress=False)
+    assert seen == {0: 256, 1: 256, 2: 256, 3: 256}  # the first 4, CNN/DM's length
+    with open(tmp_path / "out" / "cells" / "cnn_dailymail_1000" / "remask-nfe4" /
+              "examples.jsonl") as f:
+        ex = [json.loads(x) for x in f]
+    assert [e["id"] for e in ex] == ["doc9", "doc8", "doc7", "doc6"]
+    assert [e["prompt_tokens"] for e in ex] == [len(tok.prompt(r["prompt"])) for r in recs[:4]]
+    for e, r in zip(ex, recs):
+        assert e["reference"] == r["reference"]
+        assert {k: e[k] for k in M.ROUGE_KEYS} == pytest.approx(M.rouge(r["reference"], e["output"]))
+    [row] = rows.values()
+    # outputs "The council voted for room i." (+ " Yes"): 6 (7) words against 9 -> P = 6/6,
+    # R = 6/9: F = 0.8 for even i; odd: P = 6/7 -> F = 2 * 6/7 * 6/9 / (6/7 + 6/9) = 0.75
+    assert row["rouge1"] == pytest.approx(100 * (0.8 + 0.75 + 0.8 + 0.75) / 4)
+    assert row["rougeLsum"] == pytest.approx(row["rougeL"])  # one sentence of the reference matched
+    assert row["rouge1_lo"] < row["rouge1"] < row["rouge1_hi"]
+    header = (tmp_path / "out" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"rougeLsum", "rouge1_lo", "rouge1_hi", "rougeLsum_lo", "rougeLsum_hi"} <= set(header)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "cnn_dailymail_1000 R-Lsum" in table and "with 95% bootstrap intervals" in table
+    assert f"{row['rouge1']:.2f} [{row['rouge1_lo']:.2f}, {row['rouge1_hi']:.2f}]" in table
+
+
+def test_lead_baselines_need_no_model(tmp_path, capsys):
+    """``--config.samplers=lead1,lead3`` with no checkpoint, tokenizer or generator: one cell
+    per benchmark, outputs the sources' first sentences, scored like any output."""
+    from dsl_jax.cli import main
+    from dsl_jax.evaluation import metrics as M
+
+    rows = [{"document": f"Storm {i} hit the coast. Mr. Lee said it was bad! Roads closed. "
+                         f"Schools stay shut.", "summary": f"Storm {i} hit the coast."}
+            for i in range(3)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    rc = main(["eval", f"--config.benchmarks=jsonl:{tmp_path}/a/test.jsonl,"
+               f"jsonl:{tmp_path}/b/test.jsonl", "--config.samplers=lead1,lead3",
+               f"--config.out_dir={out}", "--config.data_dir=unused"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(read(out / "summary.json"))
+    assert [(r["benchmark"], r["sampler"], r["nfe"], r["n"]) for r in summary] == [
+        ("a_test", "lead1", None, 3), ("a_test", "lead3", None, 3),
+        ("b_test", "lead1", None, 3), ("b_test", "lead3", None, 3)]
+    with open(out / "cells" / "a_test" / "lead3" / "examples.jsonl") as f:
+        ex = [json.loads(x) for x in f]
+    doc0 = rows[int(ex[0]["id"])]["document"]  # the id: the row in the file
+    assert ex[0]["output"].split("\n") == [doc0[:doc0.index(".") + 1], "Mr. Lee said it was bad!",
+                                           "Roads closed."]
+    # lead-1 is the reference itself: every ROUGE is 100, the interval a point
+    lead1 = summary[0]
+    for k in M.ROUGE_KEYS:
+        assert lead1[k] == lead1[f"{k}_lo"] == lead1[f"{k}_hi"] == pytest.approx(100.0)
+    # lead-3, by hand: the 5 reference tokens all among the output's 13 (storm i hit the
+    # coast / mr lee said it was bad / roads closed): P = 5/13, R = 1 -> F = 10/18; ROUGE-Lsum
+    # alike (the reference sentence is the output's first)
+    assert summary[1]["rouge1"] == pytest.approx(100 * 10 / 18)
+    assert summary[1]["rougeLsum"] == pytest.approx(100 * 10 / 18)
+    table = read(out / "table.md").decode()
+    assert "| Lead-3 | - |" in table and "a_test R-1" in table and "b_test R-Lsum" in table
+    assert not (out / "timing.json").exists()  # nothing was sampled
+    assert (out / "summary.csv").read_text().splitlines()[1].startswith("a_test,lead1,,3,100.0")
+
+    # An earlier dsl-jax's finished cell (no ROUGE-Lsum, no intervals) is scored again, not
+    # refused and not resampled.
+    cell = out / "cells" / "a_test" / "lead3"
+    stored = json.loads(read(cell / "cell.json"))
+    for k in ("rougeLsum",) + M.CI_KEYS:
+        stored["summary"].pop(k)
+    (cell / "cell.json").write_text(json.dumps(stored))
+    assert main(["eval", f"--config.benchmarks=jsonl:{tmp_path}/a/test.jsonl,"
+                 f"jsonl:{tmp_path}/b/test.jsonl", "--config.samplers=lead1,lead3",
+                 f"--config.out_dir={out}", "--config.data_dir=unused"]) == 0
+    assert json.loads(read(out / "summary.json")) == summary
+
+    capsys.readouterr()
+    rc = main(["eval", "--config.samplers=lead0", f"--config.out_dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "unknown sampler 'lead0'" in err and "lead3" in err and "\n" not in err
+
+
+def test_mixed_sweep_times_tokens_and_skips_the_model_for_lead(world, tmp_path):
+    from dsl_jax.evaluation.sweep import run_sweep
+
+    calls = []
+
+    def fake(prompts, sampler, nfe, gen_length, seed):
+        calls.append(sampler)
+        time.sleep(0.05)  # a cell takes >= 0.15 s: timing.json's rounded seconds are close
+        return [[5] * (gen_length - 3) + [0] * 3 for _ in prompts]
+
+    s = _sweep(tmp_path / "out", tokenizer=world["tok"], data_dir=world["data_dir"],
+               benchmarks="cnn_dailymail", samplers="lead3,remask", nfe="4,8", batch_size=4,
+               generator=GENERATOR, num_examples=N)
+    rows = run_sweep(s, generate_fn=fake, progress=False)
+    assert list(rows) == ["cnn_dailymail/lead3", "cnn_dailymail/remask-nfe4",
+                          "cnn_dailymail/remask-nfe8"]
+    assert set(calls) == {"remask"} and len(calls) == 2 * N // 4
+    timing = json.loads(read(tmp_path / "out" / "timing.json"))
+    assert set(timing) == {"cnn_dailymail/remask-nfe4", "cnn_dailymail/remask-nfe8"}
+    for t in timing.values():
+        assert t["examples"] == N and t["tokens"] == N * 256  # response positions
+        assert t["tokens_per_s"] == pytest.approx(t["tokens"] / t["seconds"], rel=0.01)
+        assert t["tokens_per_s"] == pytest.approx(256 * t["examples_per_s"], rel=1e-4)

@@ -1,9 +1,12 @@
 """``dsl-jax eval``: zero-shot summarization sweeps.
 
 For each benchmark, examples of a split are read from a prepared tensorflow-datasets
-data dir (drawn with ``data_seed``, sources cut to ``max_words`` words, the benchmark's
-prompt in LLaDA's chat template), and every sampler x NFE cell generates a summary per
-example and scores it (ROUGE-1/2/L, length, empty rate, repetition, distinct-n).
+data dir, a local Hugging Face copy (``hf:KEY:DIR``) or a file (``json:FILE``,
+``jsonl:FILE``: the authors' drawn records as they are, or rows drawn with ``data_seed``),
+sources cut to ``max_words`` words, the benchmark's prompt in LLaDA's chat template; every
+sampler x NFE cell generates a summary per example and scores it (ROUGE-1/2/L/Lsum with
+95% bootstrap intervals, length, empty rate, repetition, distinct-n). The samplers
+``lead1``, ``lead3`` (``leadK``) are the lead-k baselines: no model, no checkpoint.
 
 Results go to ``out_dir``: per-example records of each cell, summary.csv, summary.json,
 table.md, plots and timing.json (the layout: dsl_jax/evaluation/sweep.py; the protocol:

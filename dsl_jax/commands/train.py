@@ -13,7 +13,7 @@ What a run writes under ``out_dir``:
     config.json          the run config
     checkpoints/N/       orbax CheckpointManager steps (async saves, the last ``keep`` kept):
                          parameters, optimizer state and step
-    data_state/N/        each host's data-iterator position at step N (JSON)
+    data_state/N/        each input stream's data-iterator position at step N (JSON)
     events.out.tfevents.*  TensorBoard scalars (lead host)
     metrics.jsonl        the same scalars, one JSON object per logged step (lead host)
     final/               a dsl-jax checkpoint (DSLModel for dsl, LLaDA for mdm) + tokenizer.json

@@ -1,23 +1,28 @@
 """``dsl-jax eval``: zero-shot summarization sweeps (docs/evaluation.md section 1).
 
 For each benchmark the test split is read from a prepared tensorflow-datasets data
-dir (the benchmark's number of examples drawn with seed 42, sources cut to its number
-of words: 1,000 and 1,500, AESLC 100 and 300; the benchmark's prompt in LLaDA's chat
-template), and every sampler x NFE cell generates a summary per example and scores it
-(ROUGE-1/2/L, length, empty rate; repetition and distinct-n pooled over the cell).
+dir, a local Hugging Face copy or a file (``dsl_jax.evaluation.data``: the benchmark's
+number of examples drawn with seed 42, sources cut to its number of words: 1,000 and
+1,500, AESLC 100 and 300; the benchmark's prompt in LLaDA's chat template; or the
+authors' drawn records as they are), and every sampler x NFE cell generates a summary
+per example and scores it (ROUGE-1/2/L/Lsum with bootstrap intervals, length, empty
+rate; repetition and distinct-n pooled over the cell). The lead-k baselines
+(``lead1``, ``lead3``, any ``leadK``: the source's first K sentences) are samplers
+without a model: one cell per benchmark, no NFE, no checkpoint or tokenizer needed.
 
 Run directory (``out_dir``):
 
     sweep.json                        the settings of the sweep
-    cells/BENCH/SAMPLER-nfeN/
+    cells/BENCH/SAMPLER-nfeN/         (a lead-k baseline: cells/BENCH/leadK/)
         host00000.jsonl               per-example records as each host writes them
         examples.jsonl                all examples of the cell in order (lead host)
         cell.json                     the cell's summary; its presence marks it finished
-    summary.csv, summary.json         one row per cell
-    table.md                          ROUGE per benchmark like the paper's table, and
-                                      length / empty / repetition / distinct-n
+    summary.csv, summary.json         one row per cell, ROUGE with 95% bootstrap intervals
+    table.md                          ROUGE per benchmark like the paper's table, the
+                                      intervals, and length / empty / repetition / distinct-n
     rouge1_vs_nfe.png, repetition_vs_nfe.png, lengths.png
-    timing.json                       seconds and examples per second of computed cells
+    timing.json                       seconds, examples and generated tokens (response
+                                      positions) per second of the sampled cells
 
 Resuming: per-example records are appended a whole batch at a time (one write,
 fsync'd); a torn last line left by a kill is dropped on restart. A restarted sweep
@@ -37,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 import zlib
@@ -49,6 +55,22 @@ from dsl_jax.errors import UserError, require
 from dsl_jax.textfiles import append_records, read_json, read_records, write_json, write_jsonl
 from dsl_jax.evaluation.generation import GenerateFn, make_generator
 from dsl_jax.sampling.registry import DSL_SAMPLERS, SAMPLERS
+
+LEAD = re.compile(r"lead([1-9][0-9]*)")
+
+
+def lead_k(sampler: str) -> int | None:
+    """K of a lead-K baseline's name (``lead3``: 3), else None."""
+    m = LEAD.fullmatch(sampler)
+    return int(m.group(1)) if m else None
+
+
+def sampler_label(sampler: str) -> str:
+    """A sampler's name in reports: the registry's label, ``Lead-K`` for a baseline."""
+    from dsl_jax.sampling.registry import REGISTRY
+
+    k = lead_k(sampler)
+    return f"Lead-{k}" if k else REGISTRY[sampler].label if sampler in REGISTRY else sampler
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +86,11 @@ def default_config():
     from dsl_jax.evaluation.data import DEFAULT_SEED
 
     c = ml_collections.ConfigDict()
-    c.ckpt = ""  # dsl-jax checkpoint directory (required); DSL parameters needed for sde/ode
+    c.ckpt = ""  # dsl-jax checkpoint directory (required unless every sampler is a lead-k baseline); DSL parameters needed for sde/ode
     c.tokenizer = ""  # LLaDA tokenizer.json; default: CKPT/tokenizer.json
     c.data_dir = ""  # prepared TFDS data dir (local or gs://); default $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.benchmarks = ",".join(DEFAULT_BENCHMARKS)  # also: aeslc (the authors' prompt, 100 examples, 300 words); "name:1.2.3" pins a TFDS version
-    c.samplers = "sde,remask,eos_block"  # of sde, ode, pf_ode, remask, random, eos_block
+    c.benchmarks = ",".join(DEFAULT_BENCHMARKS)  # also: aeslc (the authors' prompt, 100 examples, 300 words); "name:1.2.3" pins a TFDS version; json:FILE / jsonl:FILE (the authors' drawn records or document/summary rows); hf:KEY:DIR (a local Hugging Face copy of benchmark KEY)
+    c.samplers = "sde,remask,eos_block"  # of sde, ode, pf_ode, remask, random, eos_block; lead1, lead3 (leadK: the source's first K sentences, no model)
     c.nfe = "8,16,32,64"  # forward passes per sample (sde/ode: NFE/2 Heun steps + 1 final pass)
     c.split = "test"
     c.num_examples = 0  # examples per benchmark; 0: the benchmark's (1000; AESLC 100)
@@ -126,12 +148,12 @@ class Settings:
         values.update(cfg.items())
         benches = parse_list(values.pop("benchmarks"), name="config benchmarks")
         require(benches, "config benchmarks: no benchmark given")
-        for name in benches:
-            B.get(name)  # unknown benchmark: one clear line
+        B.resolve(benches)  # unknown benchmark, two with one key: one clear line
         samplers = parse_list(values.pop("samplers"), name="config samplers")
         require(samplers, "config samplers: no sampler given")
         for s in samplers:
-            require(s in SAMPLERS, f"unknown sampler {s!r}; choose from {', '.join(SAMPLERS)}")
+            require(s in SAMPLERS or lead_k(s), f"unknown sampler {s!r}; choose from "
+                    f"{', '.join(SAMPLERS)}, lead1, lead3 (leadK: the first K sentences)")
         nfe = parse_list(values.pop("nfe"), int, name="config nfe")
         require(nfe, "config nfe: empty list")
         for n in nfe:
@@ -157,9 +179,22 @@ class Settings:
         """(examples, source words) for ``bench``: the config's where set, else the benchmark's."""
         return self.num_examples or bench.num_examples, self.max_words or bench.max_words
 
-    def cell_fingerprint(self, bench, gen_length: int, examples: Sequence) -> dict:
-        """What a cell's results depend on; a finished cell is reused only when it matches."""
+    @property
+    def model_samplers(self) -> list[str]:
+        """The samplers that run the model (all but the lead-k baselines)."""
+        return [s for s in self.samplers if not lead_k(s)]
+
+    def cell_fingerprint(self, bench, gen_length: int, examples: Sequence,
+                         sampler: str = "") -> dict:
+        """What a cell's results depend on; a finished cell is reused only when it matches.
+        A lead-k cell depends on the data alone."""
         num_examples, max_words = self.draw(bench)
+        if lead_k(sampler):
+            texts = "\0".join(f"{e.source}\1{e.reference}" for e in examples)
+            return {"benchmark": bench.key, "split": self.split, "num_examples": num_examples,
+                    "max_words": max_words, "data_seed": self.data_seed,
+                    "examples_crc": zlib.crc32(",".join(e.id for e in examples).encode()),
+                    "sources_crc": zlib.crc32(texts.encode())}
         texts = "\0".join(f"{e.user_message}\1{e.reference}" for e in examples)
         return {"ckpt": storage.abspath(self.ckpt) if self.ckpt else "",
                 "tokenizer": storage.abspath(self.tokenizer) if self.tokenizer else "",
@@ -180,15 +215,26 @@ class Settings:
 class Cell:
     bench: object  # Benchmark
     sampler: str
-    nfe: int
+    nfe: int | None  # None: a lead-k baseline
+
+    @property
+    def tag(self) -> str:
+        return self.sampler if self.nfe is None else f"{self.sampler}-nfe{self.nfe}"
 
     @property
     def name(self) -> str:
-        return f"{self.bench.key}/{self.sampler}-nfe{self.nfe}"
+        return f"{self.bench.key}/{self.tag}"
 
 
 def cell_dir(out_dir: str, cell: Cell) -> str:
-    return os.path.join(out_dir, "cells", cell.bench.key, f"{cell.sampler}-nfe{cell.nfe}")
+    return storage.join(out_dir, "cells", cell.bench.key, cell.tag)
+
+
+def make_cells(settings: Settings, keys: Sequence[str], benches: dict) -> list[Cell]:
+    """Every benchmark x sampler x NFE cell; a lead-k baseline once per benchmark."""
+    return [c for k in keys for s in settings.samplers
+            for c in ([Cell(benches[k], s, None)] if lead_k(s)
+                      else [Cell(benches[k], s, n) for n in settings.nfe])]
 
 
 def batch_seed(seed: int, cell: Cell, first_index: int) -> int:
@@ -209,7 +255,8 @@ def _hosts() -> tuple[int, int]:
 def prepare(settings: Settings):
     """Everything that can fail on bad input, before any sampling: checkpoint and
     sampler compatibility, tokenizer, data of every benchmark, prompt lengths.
-    Returns (tokenizer, {bench key: (bench, examples, prompt ids, gen_length)})."""
+    Returns (tokenizer, {bench key: (bench, examples, prompt ids, gen_length)}); with only
+    lead-k baselines and no tokenizer given, no tokenizer (None) and no prompt ids (None)."""
     from dsl_jax import checkpoint
     from dsl_jax.evaluation import benchmarks as B
     from dsl_jax.evaluation import data as D
@@ -217,33 +264,34 @@ def prepare(settings: Settings):
     from dsl_jax.tokenizer import Tokenizer
 
     max_len = None
-    if settings.generator:  # a bad hook fails here, before any data is read
+    model = bool(settings.model_samplers)
+    if settings.generator and model:  # a bad hook fails here, before any data is read
         from dsl_jax.evaluation.generation import resolve_factory
         resolve_factory(settings.generator)
-    if settings.ckpt:
+    if settings.ckpt and model:
         needs_dsl = [s for s in settings.samplers if s in DSL_SAMPLERS]
         meta = checkpoint.read_meta(
             settings.ckpt, "dsl" if needs_dsl else "auto",
             f"sampler(s) {', '.join(needs_dsl)} need them; {registry.dsl_hint()}")
         max_len = checkpoint.model_config(meta).max_sequence_length
-    else:
+    elif model:
         require(settings.generator, "config ckpt: no checkpoint given (--config.ckpt=DIR)")
     tok_path = settings.tokenizer or (os.path.join(settings.ckpt, "tokenizer.json")
                                       if settings.ckpt else "")
-    require(tok_path and storage.exists(tok_path),
-            f"no tokenizer at {tok_path!r}; pass --config.tokenizer=FILE (the LLaDA tokenizer.json)"
-            if tok_path else "config tokenizer: no tokenizer given (--config.tokenizer=FILE)")
-    tok = Tokenizer.from_file(tok_path)
+    tok = None
+    if model or settings.tokenizer:
+        require(tok_path and storage.exists(tok_path),
+                f"no tokenizer at {tok_path!r}; pass --config.tokenizer=FILE (the LLaDA "
+                "tokenizer.json)" if tok_path
+                else "config tokenizer: no tokenizer given (--config.tokenizer=FILE)")
+        tok = Tokenizer.from_file(tok_path)
     loaded = {}
-    for name in settings.benchmarks:
-        bench = B.get(name)
-        if bench.key in loaded:
-            continue
+    for bench in B.resolve(settings.benchmarks):
         gen_length = settings.gen_length or bench.gen_length
         examples = D.load_examples(bench, settings.data_dir, *settings.draw(bench),
                                    settings.data_seed, settings.split)
         require(examples, f"{bench.key}: the {settings.split} split has no non-empty example")
-        prompts = [tok.prompt(e.user_message) for e in examples]
+        prompts = [tok.prompt(e.user_message) for e in examples] if tok is not None else None
         if max_len is not None:
             longest = max(len(p) for p in prompts)
             require(longest + gen_length <= max_len,
@@ -252,7 +300,7 @@ def prepare(settings: Settings):
                     "(lower --config.max_words or --config.gen_length)")
         if not settings.generator:  # the samplers' own budget checks, before any sampling
             for nfe in settings.nfe:
-                for sampler in settings.samplers:
+                for sampler in settings.model_samplers:
                     try:
                         registry.get(sampler).check(nfe, gen_length)
                     except UserError as e:
@@ -278,23 +326,21 @@ def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
     if lead:
         write_json(os.path.join(settings.out_dir, "sweep.json"), dataclasses.asdict(settings),
                    sort_keys=True)
-    keys = list(dict.fromkeys(_key(b) for b in settings.benchmarks))
-    cells = [Cell(loaded[k][0], s, n) for k in keys for s in settings.samplers
-             for n in settings.nfe]
+    cells = make_cells(settings, list(loaded), {k: v[0] for k, v in loaded.items()})
     timing_path = os.path.join(settings.out_dir, "timing.json")
     timing = {}
     if lead and storage.isfile(timing_path):
         timing = read_json(timing_path)
     generator: list[GenerateFn | None] = [generate_fn]
-    if generate_fn is None and any(not storage.isfile(os.path.join(cell_dir(settings.out_dir, c),
-                                                                   "cell.json")) for c in cells):
+    if generate_fn is None and any(c.nfe is not None and not storage.isfile(
+            os.path.join(cell_dir(settings.out_dir, c), "cell.json")) for c in cells):
         # Every host loads the model here, before any host may skip its share: a checkpoint
         # restore is a collective of all hosts (the cell.json files are the same for all).
         generator[0] = make_generator(settings, tok)
 
     for cell in cells:
         bench, examples, prompts, gen_length = loaded[cell.bench.key]
-        fp = settings.cell_fingerprint(bench, gen_length, examples)
+        fp = settings.cell_fingerprint(bench, gen_length, examples, cell.sampler)
         cdir = cell_dir(settings.out_dir, cell)
         storage.makedirs(cdir)
         done_file = os.path.join(cdir, "cell.json")
@@ -303,19 +349,38 @@ def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
             require(stored.get("fingerprint") == fp,
                     f"{settings.out_dir}: cell {cell.name} holds results of different settings "
                     f"({_diff(stored.get('fingerprint', {}), fp)}); use a new --config.out_dir")
+            if lead and not set(M.ROUGE_KEYS + M.CI_KEYS) <= set(stored.get("summary", {})):
+                rescore_cell(cdir, cell, fp)  # a cell of an earlier dsl-jax: new metrics, no sampling
             continue
         mine = os.path.join(cdir, f"host{host:05d}.jsonl")
         _check_fingerprint_file(cdir, fp, cell, settings.out_dir, lead)
         read_records(mine, repair=True)
         done = set()
-        for fname in sorted(storage.listdir(cdir)):
+        for fname in sorted(storage.listdir(cdir) if storage.isdir(cdir) else []):  # (a bucket
+            # has no empty directories)
             if fname.startswith("host") and fname.endswith(".jsonl"):
                 done.update(r["index"] for r in read_records(os.path.join(cdir, fname)))
+        if cell.nfe is None:  # a lead-k baseline: the lead host writes every example at once
+            if lead:
+                k = lead_k(cell.sampler)
+                records = []
+                for i, ex in enumerate(examples):
+                    if i not in done:
+                        output = M.lead(ex.source, k)
+                        records.append({"benchmark": bench.key, "sampler": cell.sampler,
+                                        "nfe": None, "index": i, "id": ex.id,
+                                        "reference": ex.reference, "output": output,
+                                        **M.example_metrics(ex.reference, output)})
+                if records:
+                    append_records(mine, records)
+                merge_cell(cdir, cell, len(examples), fp)
+            sync_hosts(f"dsl-jax-eval-merged-{cell.name}")
+            continue
         batches = [b for j, b in enumerate(make_batches([len(p) for p in prompts],
                                                         settings.batch_size)) if j % n_hosts == host]
         todo = [b for b in batches if any(i not in done for i in b)]
         share = sum(len(b) for b in batches)
-        t0, computed = time.time(), 0
+        t0, computed, tokens = time.time(), 0, 0
         bar = _bar(share, share - sum(sum(i not in done for i in b) for b in todo),
                    cell.name, progress and lead)
         for b in todo:
@@ -327,6 +392,7 @@ def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
             for i, out_ids in zip(b, ids):
                 if i in done:
                     continue
+                tokens += len(out_ids)
                 ex = examples[i]
                 output = tok.decode(out_ids)
                 rec = {"benchmark": bench.key, "sampler": cell.sampler, "nfe": cell.nfe,
@@ -344,11 +410,14 @@ def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
             if computed:
                 dt = time.time() - t0
                 timing[cell.name] = {"seconds": round(dt, 3), "examples": computed,
-                                     "examples_per_s": round(computed / dt, 4) if dt > 0 else None}
+                                     "examples_per_s": round(computed / dt, 4) if dt > 0 else None,
+                                     "tokens": tokens,
+                                     "tokens_per_s": round(tokens / dt, 2) if dt > 0 else None}
                 write_json(timing_path, timing, sort_keys=True)
             log.info(f"{cell.name}: ROUGE-1 {num(summary['rouge1'])} ROUGE-2 "
-                     f"{num(summary['rouge2'])} ROUGE-L {num(summary['rougeL'])} words "
-                     f"{num(summary['words'])} empty {num(summary['empty_rate'])}")
+                     f"{num(summary['rouge2'])} ROUGE-L {num(summary['rougeL'])} ROUGE-Lsum "
+                     f"{num(summary['rougeLsum'])} words {num(summary['words'])} empty "
+                     f"{num(summary['empty_rate'])}")
         sync_hosts(f"dsl-jax-eval-merged-{cell.name}")
     rows = {}
     if lead:
@@ -356,11 +425,6 @@ def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
         log.info(f"results in {settings.out_dir}: summary.csv, summary.json, table.md"
                  + (", plots" if settings.plots else ""))
     return rows
-
-
-def _key(name: str) -> str:
-    from dsl_jax.evaluation.benchmarks import get
-    return get(name).key
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -397,10 +461,30 @@ def merge_cell(cdir: str, cell: Cell, n: int, fp: dict) -> dict:
     missing = [i for i in range(n) if i not in by_index]
     require(not missing, f"cell {cell.name}: {len(missing)} example(s) missing after sampling "
             f"(first: {missing[:5]}); run the sweep again to fill them in")
-    rows = [by_index[i] for i in range(n)]
+    # records of an earlier dsl-jax lack the newer metrics: scored again from their output
+    rows = [r if set(M.ROUGE_KEYS) <= set(r) else {**r, **M.example_metrics(r["reference"],
+                                                                             r["output"])}
+            for r in (by_index[i] for i in range(n))]
+    return _write_cell(cdir, cell, rows, fp)
+
+
+def _write_cell(cdir: str, cell: Cell, rows: list[dict], fp: dict) -> dict:
+    from dsl_jax.evaluation import metrics as M
+
     write_jsonl(os.path.join(cdir, "examples.jsonl"), rows, sort_keys=True)
     summary = {"benchmark": cell.bench.key, "sampler": cell.sampler, "nfe": cell.nfe,
                **M.cell_metrics(rows, [r["output"] for r in rows])}
     write_json(os.path.join(cdir, "cell.json"), {"summary": summary, "fingerprint": fp},
                sort_keys=True)
     return summary
+
+
+def rescore_cell(cdir: str, cell: Cell, fp: dict) -> dict:
+    """Lead host: a finished cell's examples scored again (each output against its
+    reference; no sampling) and its summary rewritten, for cells written before a metric
+    (ROUGE-Lsum, the bootstrap intervals) was added."""
+    from dsl_jax.evaluation import metrics as M
+
+    rows = read_records(os.path.join(cdir, "examples.jsonl"))
+    rows = [{**r, **M.example_metrics(r["reference"], r["output"])} for r in rows]
+    return _write_cell(cdir, cell, rows, fp)

@@ -61,14 +61,17 @@ def default_config():
         separator="none",  # pack=True: "none" joins documents directly, as the authors' run
         # does; "eos": an EOS token after each document
         shuffle_buffer=10000,  # pack=True: packed blocks pass through a seeded shuffle buffer
-        # of this many blocks (the authors' 10,000; 164 MB per host at seq_len 4096), saved
+        # of this many blocks (the authors' 10,000; 164 MB per input stream at seq_len 4096), saved
         # with each checkpoint; 0: blocks in stream order
         shuffle=True,  # files: shuffle the documents each epoch (seeded); TFDS: file order
         seed=0,  # the document order (files) and the shuffle buffer's draws
+        streams=0,  # input streams, each reading its own share of the data; the batches
+        # depend on this number alone, not on the hosts' (a fixed value makes runs on
+        # pods of different sizes see the same batches); 0: one per host
     ))
     c.eval = ml_collections.ConfigDict(dict(
         every=100,  # steps between held-out evaluations; 0: never
-        blocks=8,  # held-out blocks per host, never trained on: the first the stream yields
+        blocks=8,  # held-out blocks per input stream, never trained on: the first the stream yields
         # (with data.shuffle_buffer: the buffer's first draws, from about the first
         # shuffle_buffer + blocks blocks of the data)
         snrs="1,5,10,20,50",

@@ -1,33 +1,41 @@
-"""Training text: tokenised, packed into fixed-length blocks, each host reading its share.
+"""Training text: tokenised, packed into fixed-length blocks, read as input streams.
+
+The data is read as ``S`` input streams (``data.streams``; 0: one per host): stream
+``s`` of ``S`` reads its own share of the documents, and every global batch is the
+streams' rows side by side, stream 0's first (each stream gives ``rows / S`` rows of
+every micro-batch). Host ``h`` of ``H`` reads streams ``h*S/H .. (h+1)*S/H - 1``. The
+batches thus depend on ``S`` alone, not on the number of hosts: with a fixed
+``data.streams``, a run on 1 host and on 2 sees the same batches, and a run can resume
+on a pod of another size whose host count divides ``S``.
 
 Sources (``config.data``):
 
 - ``source="tfds"``: a tensorflow-datasets dataset already prepared in ``data_dir``
   (local or ``gs://``), read in file order through TFDS's own reader; nothing is
-  downloaded. Host ``h`` of ``H`` reads only its own even share of the split, the
-  ``h``-th of ``H`` contiguous runs of records (``tfds.split_for_jax_process``).
+  downloaded. Stream ``s`` of ``S`` reads only its own even share of the split, the
+  ``s``-th of ``S`` contiguous runs of records (``tfds.split_for_jax_process``).
 - ``source="files"``: ``.txt`` (one document per non-empty line) and ``.jsonl`` (one JSON
   object per line, the document in ``text_field``) files. With at least as many files as
-  hosts, host ``h`` reads only files ``h, h + H, ...`` (of the sorted list); with fewer,
-  every host reads them all and takes documents ``h, h + H, ...``. With ``shuffle`` each
-  epoch visits the host's documents in a seeded order.
+  streams, stream ``s`` reads only files ``s, s + S, ...`` (of the sorted list); with
+  fewer, it reads them all and takes documents ``s, s + S, ...``. With ``shuffle`` each
+  epoch visits the stream's documents in a seeded order.
 
 Documents are encoded with the LLaDA tokenizer (no added special tokens). With
 ``pack=True`` they are concatenated (``separator="none"``, as the authors' run; ``"eos"``
 puts EOS after each document) and cut into ``seq_len`` blocks, which then pass through a
-shuffle buffer of ``shuffle_buffer`` blocks: filled first, then each block out is a
-uniformly drawn slot of the buffer, refilled with the next packed block (the scheme of
-Hugging Face ``datasets``' streaming ``shuffle(buffer_size=...)``, which the authors apply
-to their packed blocks with 10,000). With ``pack=False`` each document is one row, cut to
-``seq_len`` and padded with EOS (SFT-style rows whose tail the model learns to fill with
-EOS).
+shuffle buffer of ``shuffle_buffer`` blocks per stream: filled first, then each block out
+is a uniformly drawn slot of the buffer, refilled with the next packed block (the scheme
+of Hugging Face ``datasets``' streaming ``shuffle(buffer_size=...)``, which the authors
+apply to their packed blocks with 10,000). With ``pack=False`` each document is one row,
+cut to ``seq_len`` and padded with EOS (SFT-style rows whose tail the model learns to
+fill with EOS).
 
 :class:`BlockStream` is resumable exactly: :meth:`BlockStream.state` (epoch, next
 document, the tokens left over from the last one and where they start; with a shuffle
 buffer, the number of draws and where each buffered block starts, as (epoch, document,
-token offset)) is saved with each checkpoint and passed back on resume, which rebuilds
-the buffered blocks by re-reading their documents; draw ``n`` is seeded by
-``(data.seed, host, n)``.
+token offset)) is saved with each checkpoint, one file per stream, and passed back on
+resume, which rebuilds the buffered blocks by re-reading their documents; draw ``n`` of
+stream ``s`` is seeded by ``(data.seed, s, n)``.
 """
 
 from __future__ import annotations
@@ -91,11 +99,12 @@ def open_tfds(name: str, split: str, data_dir: str, text_field: str):
 
 
 class DocumentSource:
-    """This host's documents, in a deterministic order, from any (epoch, position)."""
+    """Input stream ``stream``'s documents (of ``num_streams``), in a deterministic order,
+    from any (epoch, position)."""
 
-    def __init__(self, data_cfg, host: int = 0, num_hosts: int = 1):
+    def __init__(self, data_cfg, stream: int = 0, num_streams: int = 1):
         self.cfg = data_cfg
-        self.host, self.num_hosts = host, num_hosts
+        self.stream, self.num_streams = stream, num_streams
         source = data_cfg.source
         require(source in SOURCES, f"data.source must be one of {SOURCES}, got {source!r}")
         require(data_cfg.separator in SEPARATORS, f"data.separator must be one of "
@@ -105,23 +114,23 @@ class DocumentSource:
         self.source = source
         if source == "files":
             files = list_files(data_cfg.files)
-            if len(files) >= num_hosts:  # each host opens its own files only
-                self.docs = read_file_documents(files[host::num_hosts], data_cfg.text_field)
+            if len(files) >= num_streams:  # each stream opens its own files only
+                self.docs = read_file_documents(files[stream::num_streams], data_cfg.text_field)
             else:
                 docs = read_file_documents(files, data_cfg.text_field)
-                self.docs = docs[host::num_hosts]
-                require(self.docs, f"data.files: {len(docs)} documents do not give host {host} "
-                        f"of {num_hosts} any")
+                self.docs = docs[stream::num_streams]
+                require(self.docs, f"data.files: {len(docs)} documents do not give input stream "
+                        f"{stream} of {num_streams} any")
         else:
             self.builder = open_tfds(data_cfg.name, data_cfg.split, data_cfg.data_dir,
                                      data_cfg.text_field)
 
     def iterate(self, epoch: int, start: int) -> Iterator[str]:
-        """Documents of ``epoch`` from position ``start`` of this host's order."""
+        """Documents of ``epoch`` from position ``start`` of this stream's order."""
         if self.source == "files":
             order = np.arange(len(self.docs))
             if self.cfg.shuffle:
-                order = np.random.default_rng([int(self.cfg.seed), epoch, self.host]).permutation(
+                order = np.random.default_rng([int(self.cfg.seed), epoch, self.stream]).permutation(
                     len(self.docs))
             for i in order[start:]:
                 yield self.docs[int(i)]
@@ -133,8 +142,8 @@ class DocumentSource:
         except Exception:
             pass
         field = self.cfg.text_field
-        split = tfds.split_for_jax_process(self.cfg.split, process_index=self.host,
-                                           process_count=self.num_hosts)
+        split = tfds.split_for_jax_process(self.cfg.split, process_index=self.stream,
+                                           process_count=self.num_streams)
         ds = self.builder.as_dataset(split=split, shuffle_files=False,
                                      read_config=tfds.ReadConfig(try_autocache=False))
         ds = ds.map(lambda ex: ex[field]).skip(start)
@@ -205,7 +214,8 @@ class BlockStream:
             # Reaching an epoch's end twice in one call means a whole epoch gave nothing
             # (no documents, or only ones that encode to no tokens).
             empty_epochs += 1
-            require(empty_epochs < 2, "data: the source yields no non-empty documents for this host")
+            require(empty_epochs < 2, f"data: input stream {self.source.stream} yields no "
+                    "non-empty documents")
             self.epoch, self.doc = self.epoch + 1, 0
 
     def _packed(self) -> tuple[np.ndarray, list[int]]:
@@ -280,7 +290,7 @@ class BlockStream:
             self.pool.append(block)
             self.pool_starts.append(start)
         block, start = self._packed()
-        i = int(np.random.default_rng([self.seed, self.source.host, self.drawn])
+        i = int(np.random.default_rng([self.seed, self.source.stream, self.drawn])
                 .integers(self.pool_size))
         self.drawn += 1
         out, self.pool[i], self.pool_starts[i] = self.pool[i], block, start
@@ -288,6 +298,52 @@ class BlockStream:
 
     def next_rows(self, n: int) -> np.ndarray:
         return np.stack([self.next_block() for _ in range(n)])
+
+
+def num_streams(data_cfg, hosts: int) -> int:
+    """The run's number of input streams: ``data.streams``, or one per host when 0."""
+    n = int(data_cfg.streams)
+    require(n >= 0, f"data.streams must be >= 0 (0: one per host), got {n}")
+    n = n or hosts
+    require(n % hosts == 0, f"data.streams={n} input streams do not divide over {hosts} hosts")
+    return n
+
+
+class HostStreams:
+    """The input streams host ``host`` of ``hosts`` reads (see the module docstring), as
+    one source of this host's rows of every batch."""
+
+    def __init__(self, data_cfg, tokenizer: Tokenizer, seq_len: int, host: int = 0,
+                 hosts: int = 1):
+        self.num_streams = num_streams(data_cfg, hosts)
+        per = self.num_streams // hosts
+        self.ids = list(range(host * per, (host + 1) * per))
+        self.tok, self.seq_len, self.pack = tokenizer, seq_len, bool(data_cfg.pack)
+        self.sources = [DocumentSource(data_cfg, s, self.num_streams) for s in self.ids]
+        self.streams = [BlockStream(src, tokenizer, seq_len, self.pack) for src in self.sources]
+
+    def check_rows(self, rows: int) -> int:
+        """Rows each stream gives to a micro-batch of ``rows`` rows (or one clear error)."""
+        require(rows % self.num_streams == 0, f"{rows} rows per micro-batch do not divide over "
+                f"data.streams={self.num_streams} input streams")
+        return rows // self.num_streams
+
+    def next_rows(self, micro_batches: int, per_stream: int) -> np.ndarray:
+        """This host's rows of the next batch, [micro_batches, streams x per_stream, seq_len]:
+        every micro-batch holds ``per_stream`` rows of each of its streams, in stream order."""
+        L = self.seq_len
+        return np.concatenate([st.next_rows(micro_batches * per_stream)
+                               .reshape(micro_batches, per_stream, L) for st in self.streams],
+                              axis=1)
+
+    def states(self) -> dict[int, dict]:
+        """{stream id: :meth:`BlockStream.state`} of this host's streams."""
+        return {i: st.state() for i, st in zip(self.ids, self.streams)}
+
+    def restore(self, states: dict[int, dict]) -> None:
+        """Continue every stream from its saved state."""
+        self.streams = [BlockStream(src, self.tok, self.seq_len, self.pack, state=states[i])
+                        for i, src in zip(self.ids, self.sources)]
 
 
 def load_tokenizer(data_cfg, init_ckpt: str = "") -> tuple[Tokenizer, str]:

@@ -1,5 +1,5 @@
 """The training loop: run (or resume) the training run of a config, with orbax
-checkpoints, the data-iterator position per host, metrics and the final model.
+checkpoints, the data-iterator position of every input stream, metrics and the final model.
 
 ``dsl-jax train`` (dsl_jax/commands/train.py) is its command; the run directory it
 writes is described there.
@@ -7,6 +7,7 @@ writes is described there.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
@@ -18,6 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dsl_jax import storage
 from dsl_jax.errors import UserError, require
 from dsl_jax.textfiles import read_json, write_atomic, write_json
+
+log = logging.getLogger(__name__)
 
 
 # ---- config --------------------------------------------------------------------
@@ -74,7 +77,8 @@ def initial_model(cfg, mc, mesh):
 
     def make_converter(wte):
         conv = Converter(wte, mc.mask_token_id, dsl.beta_init, mc.param_dtype,
-                         rngs=nnx.Rngs(params=int(cfg.seed)))
+                         rngs=nnx.Rngs(params=int(cfg.seed)),
+                         residual_dim=dsl.noise_dim if dsl.residual else None)
         return nnx.to_pure_dict(nnx.state(conv, nnx.Param))
 
     with jax.set_mesh(mesh):
@@ -94,8 +98,8 @@ def _to_global(local: np.ndarray, sharding, global_shape) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
-def _data_state_path(out_dir: str, step: int) -> str:
-    return storage.join(out_dir, "data_state", str(step), f"host_{jax.process_index()}.json")
+def _data_state_path(out_dir: str, step: int, stream: int) -> str:
+    return storage.join(out_dir, "data_state", str(step), f"stream_{stream}.json")
 
 
 def _prune_data_states(out_dir: str, keep_steps) -> None:
@@ -132,7 +136,8 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     tok, tok_path = data_lib.load_tokenizer(cfg.data, cfg.init_ckpt)
     data_lib.check_tokenizer(tok, mc)
     host, hosts = jax.process_index(), jax.process_count()
-    source = data_lib.DocumentSource(cfg.data, host, hosts)
+    data = data_lib.HostStreams(cfg.data, tok, L, host, hosts)
+    per_stream = data.check_rows(rows)
     snrs = eval_snrs(cfg)
     lead = host == 0
 
@@ -151,12 +156,11 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     mngr = ocp.CheckpointManager(storage.join(out_dir, "checkpoints"), options=options)
     latest = mngr.latest_step()
 
-    # Held-out blocks: the first eval.blocks this host's stream yields (with a shuffle
+    # Held-out blocks: the first eval.blocks each input stream yields (with a shuffle
     # buffer, its first draws), never trained on; a resumed run draws them again here.
-    stream = data_lib.BlockStream(source, tok, L, pack=bool(cfg.data.pack))
     eval_rows = None
     if int(cfg.eval.every) > 0 and int(cfg.eval.blocks) > 0:
-        eval_rows = stream.next_rows(int(cfg.eval.blocks))
+        eval_rows = data.next_rows(1, int(cfg.eval.blocks))[0]
 
     if latest is None:
         start = 0
@@ -171,19 +175,24 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
         restored = mngr.restore(latest, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(setup.abstract_state)))
         state = restored.state
-        dpath = _data_state_path(out_dir, latest)
-        require(storage.isfile(dpath), f"{dpath}: missing data-iterator state for step {latest}")
-        stream = data_lib.BlockStream(source, tok, L, pack=bool(cfg.data.pack),
-                                      state=read_json(dpath, obj=True))
+        states = {}
+        for i in data.ids:
+            dpath = _data_state_path(out_dir, latest, i)
+            require(storage.isfile(dpath), f"{dpath}: missing data-iterator state for step "
+                    f"{latest} (was the run saved with another data.streams?)")
+            states[i] = read_json(dpath, obj=True)
+        data.restore(states)
+        if lead:
+            log.info(f"{out_dir}: resuming from the checkpoint of step {latest}")
 
     logger = Logger(out_dir, start, lead)
     eval_fn = eval_batch = None
     if eval_rows is not None:
-        n_eval = eval_rows.shape[0] * hosts
+        n_eval = int(cfg.eval.blocks) * data.num_streams
         from dsl_jax.sharding import batch_axes, batch_axes_size
         divides = n_eval % batch_axes_size(mesh) == 0
         # Replicated held-out rows would need every host's rows on every host.
-        require(divides or hosts == 1, f"eval.blocks x hosts = {n_eval} does not divide over "
+        require(divides or hosts == 1, f"eval.blocks x streams = {n_eval} does not divide over "
                 f"the mesh's batch axes ({batch_axes_size(mesh)} devices)")
         e_sh = NamedSharding(mesh, P(batch_axes(mesh), None) if divides else P())
         eval_batch = _to_global(eval_rows, e_sh, (n_eval, L))
@@ -205,7 +214,8 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
                "no checkpoint was saved") + " (lower optimizer.lr, or check the data)")
 
     def save(step_done: int, st) -> None:
-        write_json(_data_state_path(out_dir, step_done), stream.state(), indent=None)
+        for i, position in data.states().items():
+            write_json(_data_state_path(out_dir, step_done, i), position, indent=None)
         mngr.save(step_done, args=ocp.args.Composite(state=ocp.args.StandardSave(st)))
         _prune_data_states(out_dir, set(mngr.all_steps()) | {step_done})
 
@@ -233,7 +243,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
         step = start
         unchecked = None  # (step, metrics) of a step whose loss is not checked yet
         while step < steps:
-            local = stream.next_rows(M * rows // hosts).reshape(M, rows // hosts, L)
+            local = data.next_rows(M, per_stream)
             batch = _to_global(local, setup.batch_sharding, (M, rows, L))
             profiler.before(step + 1)
             state, metrics = setup.step(state, batch, base_rng)
@@ -276,8 +286,10 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
                 return ""
         mngr.wait_until_finished()
         model = to_model(part, state)
-        checkpoint.save_model(final_path, model, overwrite=True,
-                              extra_files={"tokenizer.json": tok_path} if tok_path else None)
+        from dsl_jax.tokenizer import tokenizer_files
+        # the tokenizer and the files beside it (tokenizer_config.json: the chat template)
+        extra = {**tokenizer_files(storage.dirname(tok_path)), "tokenizer.json": tok_path}
+        checkpoint.save_model(final_path, model, overwrite=True, extra_files=extra)
         return final_path
     finally:
         profiler.stop()

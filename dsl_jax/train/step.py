@@ -40,7 +40,7 @@ from dsl_jax.train.state import (OBJECTIVES, Partition, TrainState, abstract_tra
                                  make_optimizer, schedule)
 
 ARCH_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size")
-DSL_STRUCTURAL = ("noise_dim", "noise_seed")
+DSL_STRUCTURAL = ("noise_dim", "noise_seed", "residual")
 
 
 # ---- run config -> model config ----------------------------------------------------
