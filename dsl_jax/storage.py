@@ -87,7 +87,9 @@ def _is_storage_error(e: BaseException) -> bool:
 def _reason(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError):
         return "not found (no such file, directory or bucket)"
-    if isinstance(e, PermissionError) or "403" in str(e).split("\n")[0]:
+    first = _first_line(e)
+    if isinstance(e, PermissionError) or getattr(e, "code", None) == 403 or \
+            "403" in first or first.startswith("Forbidden"):
         return "permission denied" + (f" ({_first_line(e)})" if _first_line(e) else "")
     return _first_line(e) or type(e).__name__
 
@@ -131,25 +133,33 @@ def _protocol(p) -> str:
 
 # ---- queries -----------------------------------------------------------------------
 
+def _kind(p) -> str | None:
+    """"file", "directory" or None (nothing there) for a remote path. Any other failure
+    (no permission, the server unreachable) is one :class:`UserError` line, not taken for
+    "nothing there" as fsspec's own ``exists``/``isdir``/``isfile`` would."""
+    with user_errors(p):
+        try:
+            return _fs(p).info(str(p).rstrip("/")).get("type")
+        except FileNotFoundError:
+            return None
+
+
 def exists(p) -> bool:
     if not is_remote(p):
         return os.path.exists(os.path.expanduser(p))
-    with user_errors(p):
-        return _fs(p).exists(str(p))
+    return _kind(p) is not None
 
 
 def isdir(p) -> bool:
     if not is_remote(p):
         return os.path.isdir(os.path.expanduser(p))
-    with user_errors(p):
-        return _fs(p).isdir(str(p).rstrip("/"))
+    return _kind(p) == "directory"
 
 
 def isfile(p) -> bool:
     if not is_remote(p):
         return os.path.isfile(os.path.expanduser(p))
-    with user_errors(p):
-        return _fs(p).isfile(str(p))
+    return _kind(p) == "file"
 
 
 def listdir(p) -> list[str]:

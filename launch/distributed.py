@@ -26,6 +26,7 @@ on CPU (``JAX_PLATFORMS=cpu``) runs its cross-process collectives over gloo, and
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping
 
@@ -68,14 +69,21 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 def quiet_startup() -> None:
     """A command's start-up defaults, first thing in ``main``: :data:`QUIET_ENV` (unless
-    set), :func:`default_platforms`, and Python absl logging (orbax, tensorflow-datasets)
-    at errors only, so that a plain run prints nothing that looks like an error."""
+    set), :func:`default_platforms`, and the Python logs of absl (orbax,
+    tensorflow-datasets) and gcsfs silent short of fatal (errors with ``DSL_JAX_DEBUG=1``),
+    so that a plain run prints nothing that looks like an error but its own one line."""
     from absl import logging as absl_logging
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     default_platforms()
-    absl_logging.set_verbosity(absl_logging.ERROR)
+    # orbax (through absl) and gcsfs log a failure with its traceback from their worker
+    # threads, then raise it: the command reports the raised error in one line. With
+    # DSL_JAX_DEBUG=1 their error logs stay on.
+    debug = os.environ.get("DSL_JAX_DEBUG", "") not in ("", "0")
+    absl_logging.set_verbosity(absl_logging.ERROR if debug else absl_logging.FATAL)
+    for name in ("gcsfs", "fsspec"):
+        logging.getLogger(name).setLevel(logging.ERROR if debug else logging.CRITICAL)
 
 
 def should_initialize(environ: Mapping[str, str] | None = None) -> bool:

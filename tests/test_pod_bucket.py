@@ -177,3 +177,145 @@ def test_pod_on_a_bucket_equals_one_process_on_local_disk(corpus, gcs, tmp_path)
     assert len(samples) == 3 and all(s["output"] for s in samples)
     # Nothing temporary left in the bucket.
     assert not [p for p in storage.glob(f"{pod}/**") if ".tmp" in p]
+
+
+# ---- faults: one host killed during a save, the server gone, no permission ------------------
+
+def _pid_of_process(i: int) -> int | None:
+    """PID of simulated-pod process ``i`` (a child of this test running dsl_jax.cli)."""
+    for pid in _children_running("dsl_jax.cli"):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
+        except OSError:
+            continue
+        if env.get(b"JAX_PROCESS_ID") == str(i).encode():
+            return pid
+    return None
+
+
+def _when(condition, action, timeout: float = 120) -> threading.Thread:
+    """A thread that runs ``action()`` once ``condition()`` holds (polled)."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    action()
+                    return
+            except (OSError, UserError):
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def _train_argv(corpus, out: str, steps: int = 8) -> list[str]:
+    over = train_overrides(corpus, out, steps=steps)
+    return ["train", "--config", "configs/dsl_small.py", "--no-progress",
+            *[f"--config.{k}={v}" for k, v in over.items()]]
+
+
+def _complete_steps(run: str) -> list[int]:
+    """The run's checkpoint steps that orbax finished (on a bucket: ``commit_success.txt``
+    written last in the step's directory)."""
+    root = f"{run}/checkpoints"
+    return sorted(int(n) for n in storage.listdir(root) if n.isdigit() and
+                  storage.isfile(f"{root}/{n}/commit_success.txt"))
+
+
+def test_sigkill_of_one_process_during_a_save_keeps_the_last_checkpoint(corpus, gcs, tmp_path,
+                                                                       monkeypatch):
+    """Process 1 of 2 SIGKILLed as it starts the step-4 save (requests slowed by a proxy so
+    that the save is under way): the pod ends, the step-2 checkpoint stays the latest
+    complete one, and the same command resumes from it and finishes."""
+    from gcs_faults import Proxy, client_env
+
+    run = f"{gcs}/{uuid.uuid4().hex[:8]}/run"
+    argv = _train_argv(corpus, run)
+    assert not storage.exists(run)  # (this process's gcsfs client now talks to the server)
+    proxy = Proxy(os.environ["STORAGE_EMULATOR_HOST"], delay=0.02)
+    real = dict(os.environ)
+    for k, v in client_env({}, proxy.url).items():
+        monkeypatch.setenv(k, v)  # the pod's clients only: this process's gcsfs is set up
+    killed = []
+    watcher = _when(lambda: storage.isfile(f"{run}/data_state/4/stream_1.json"),
+                    lambda: (killed.append(_pid_of_process(1)),
+                             os.kill(killed[-1], signal.SIGKILL)))
+    lines: list[str] = []
+    status = _run(argv, 2, lines)
+    watcher.join(timeout=5)
+    proxy.go_away()
+    for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL"):
+        monkeypatch.setenv(k, real[k])
+    assert killed and status == 137, "\n".join(lines[-40:])
+    assert _complete_steps(run) == [2], storage.glob(f"{run}/checkpoints/**")
+    lines.clear()
+    assert _run(argv, 2, lines) == 0, "\n".join(lines[-40:])
+    assert [int(m.group(1)) for m in map(RESUMED.search, lines) if m] == [2]
+    assert checkpoint.is_checkpoint(f"{run}/final") and _complete_steps(run)[-1] == 8
+
+
+def test_server_gone_mid_save_is_one_line_and_the_last_checkpoint_survives(corpus, gcs,
+                                                                          monkeypatch):
+    """The storage server goes away as the step-4 save starts: the run stops with one line
+    (after the clients' retries), and with the server back the step-2 checkpoint is intact
+    and the run resumes from it."""
+    from gcs_faults import Proxy, client_env
+
+    run = f"{gcs}/{uuid.uuid4().hex[:8]}/run"
+    argv = _train_argv(corpus, run)
+    assert not storage.exists(run)  # (this process's gcsfs client now talks to the server)
+    proxy = Proxy(os.environ["STORAGE_EMULATOR_HOST"])
+    real = dict(os.environ)
+    for k, v in client_env({}, proxy.url).items():
+        monkeypatch.setenv(k, v)
+    watcher = _when(lambda: storage.isfile(f"{run}/data_state/4/stream_0.json"), proxy.go_away)
+    lines: list[str] = []
+    t0 = time.monotonic()
+    status = _run(argv, 1, lines, timeout=240)
+    watcher.join(timeout=5)
+    print(f"server gone: stopped after {time.monotonic() - t0:.0f} s")
+    errors = [s for s in lines if "error:" in s]
+    assert status in (1, 2) and len(errors) == 1, "\n".join(lines[-40:])
+    assert errors[0].startswith("[0] dsl-jax train: error: ") and "Traceback" not in \
+        "\n".join(lines)
+    for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL"):
+        monkeypatch.setenv(k, real[k])
+    assert _complete_steps(run) == [2]
+    lines.clear()
+    assert _run(argv, 1, lines) == 0, "\n".join(lines[-40:])
+    assert [int(m.group(1)) for m in map(RESUMED.search, lines) if m] == [2]
+
+
+def test_no_permission_and_no_bucket_are_one_line(corpus, gcs, tmp_path):
+    """A bucket that answers 403 to everything, and one that does not exist: each
+    command stops with one line naming the path, and writes nothing."""
+    import subprocess
+    import sys
+
+    from gcs_faults import Forbidding, client_env
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cases = [
+        _train_argv(corpus, "gs://locked-bucket/run"),
+        ["convert", "--hf", str(tmp_path), "--out", "gs://locked-bucket/ck"],
+        ["sample", "--ckpt", "gs://locked-bucket/ck", "--prompt", "hi"],
+    ]
+    with Forbidding() as server:
+        env = client_env({**os.environ, "JAX_PLATFORMS": "cpu"}, server.url)
+        for argv in cases:
+            r = subprocess.run([sys.executable, "-m", "dsl_jax.cli", *argv], capture_output=True,
+                               text=True, cwd=repo, env=env, timeout=120)
+            err = r.stderr.strip().splitlines()
+            assert r.returncode in (1, 2) and len(err) == 1, r.stderr[-2000:]
+            assert "locked-bucket" in err[0] and "Traceback" not in r.stderr, err
+            assert "permission denied" in err[0], err
+    r = subprocess.run([sys.executable, "-m", "dsl_jax.cli",
+                        *_train_argv(corpus, "gs://no-such-bucket-p4d/run")],
+                       capture_output=True, text=True, cwd=repo,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "no-such-bucket-p4d" in err[0], r.stderr
