@@ -4,7 +4,7 @@ clip 1.0, bf16 compute, global batch 64.
 
     dsl-jax train --config configs/dsl_llada_8b.py --config.init_ckpt=ckpts/llada-8b \
         --config.data.name=fineweb_edu --config.data.data_dir=gs://BUCKET/tfds \
-        --config.out_dir=/mnt/shared/runs/dsl   # a directory every host sees (NFS, gcsfuse)
+        --config.out_dir=gs://BUCKET/runs/dsl   # a bucket, or a directory every host sees
 """
 
 from dsl_jax.train import default_config

@@ -82,8 +82,7 @@ def _pipeline(n: int, inp: str, out: str, corpus, kill: bool = False) -> list[st
                 try:
                     logged = [json.loads(x)["step"] for x in
                               storage.read_text(f"{out}/run/metrics.jsonl").splitlines()]
-                    saved = storage.isfile(f"{out}/run/data_state/2/stream_1.json") and \
-                        storage.isdir(f"{out}/run/checkpoints/2")
+                    saved = storage.isfile(f"{out}/run/checkpoints/2/commit_success.txt")
                 except (OSError, ValueError, UserError):  # not written yet
                     logged, saved = [], False
                 pids = _children_running("dsl_jax.cli")
@@ -241,7 +240,8 @@ def test_sigkill_of_one_process_during_a_save_keeps_the_last_checkpoint(corpus, 
     for k, v in client_env({}, proxy.url).items():
         monkeypatch.setenv(k, v)  # the pod's clients only: this process's gcsfs is set up
     killed = []
-    watcher = _when(lambda: storage.isfile(f"{run}/data_state/4/stream_1.json"),
+    watcher = _when(lambda: storage.isfile(f"{run}/data_state/4/stream_1.json") and
+                    _complete_steps(run) == [2],  # the step-4 save is next, or under way
                     lambda: (killed.append(_pid_of_process(1)),
                              os.kill(killed[-1], signal.SIGKILL)))
     lines: list[str] = []
@@ -272,7 +272,8 @@ def test_server_gone_mid_save_is_one_line_and_the_last_checkpoint_survives(corpu
     real = dict(os.environ)
     for k, v in client_env({}, proxy.url).items():
         monkeypatch.setenv(k, v)
-    watcher = _when(lambda: storage.isfile(f"{run}/data_state/4/stream_0.json"), proxy.go_away)
+    watcher = _when(lambda: storage.isfile(f"{run}/data_state/4/stream_0.json") and
+                    _complete_steps(run) == [2], proxy.go_away)
     lines: list[str] = []
     t0 = time.monotonic()
     status = _run(argv, 1, lines, timeout=240)

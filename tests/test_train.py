@@ -231,6 +231,37 @@ def test_data_packing_hosts_and_resume(corpus):
     assert sorted(sum(shares, [])) == sorted(corpus["texts"])
 
 
+def test_input_streams_make_batches_independent_of_the_hosts(corpus):
+    """data.streams=4: one host's rows of a batch are its streams' rows side by side, so
+    1 host and 2 hosts (each with 2 of the streams) build the same global batches, and
+    resuming from the saved per-stream states continues exactly; data.streams=0 is one
+    stream per host; a stream count the hosts or the rows do not divide is refused."""
+    d, tok = corpus["dir"], corpus["tok"]
+    cfg = load_train_config("configs/dsl_small.py", [
+        f"data.files={d}/data.jsonl", "data.streams=4", "data.shuffle_buffer=3"]).data
+    one = data_lib.HostStreams(cfg, tok, 16)
+    two = [data_lib.HostStreams(cfg, tok, 16, h, 2) for h in range(2)]
+    assert one.ids == [0, 1, 2, 3] and [h.ids for h in two] == [[0, 1], [2, 3]]
+    assert one.check_rows(8) == 2
+    for _ in range(3):  # 2 micro-batches of 8 rows: rows 2s, 2s+1 of each from stream s
+        whole = one.next_rows(2, 2)
+        assert whole.shape == (2, 8, 16)
+        np.testing.assert_array_equal(whole, np.concatenate([h.next_rows(2, 2) for h in two],
+                                                            axis=1))
+    saved = json.loads(json.dumps(two[1].states()))  # as the checkpoint stores it
+    resumed = data_lib.HostStreams(cfg, tok, 16, 1, 2)
+    resumed.restore({int(k): v for k, v in saved.items()})
+    np.testing.assert_array_equal(resumed.next_rows(1, 2), two[1].next_rows(1, 2))
+    # Stream s draws its own documents: the 4 streams' blocks differ.
+    assert len({one.streams[s].next_block().tobytes() for s in range(4)}) == 4
+    default = load_train_config("configs/dsl_small.py", [f"data.files={d}/data.jsonl"]).data
+    assert data_lib.HostStreams(default, tok, 16, 1, 2).ids == [1]
+    with pytest.raises(UserError, match="data.streams=4 input streams do not divide over 3 hosts"):
+        data_lib.HostStreams(cfg, tok, 16, 0, 3)
+    with pytest.raises(UserError, match="6 rows per micro-batch do not divide over data.streams=4"):
+        one.check_rows(6)
+
+
 def test_hosts_read_their_own_files_when_there_are_enough(tmp_path):
     """3 files on 2 hosts: host 0 reads files 0 and 2 only (file 1 is not even valid for
     it to open), host 1 file 1; 3 hosts on 2 files split by document instead."""
