@@ -103,3 +103,24 @@ def test_config_override_without_value_is_one_line():
     assert r.returncode == 2
     assert r.stderr.strip() == ("dsl-jax train: error: --config.steps: missing value "
                                 "(use --config.steps=VALUE)")
+
+
+def test_any_failure_is_one_line_and_debug_keeps_the_traceback(monkeypatch, capsys):
+    """An exception that is no UserError (a server gone, a disk full, a bug) ends the
+    command with exit status 1 and one line: its type, the first line of its message and
+    the DSL_JAX_DEBUG hint; with DSL_JAX_DEBUG=1 it propagates with its traceback."""
+    from dsl_jax import cli
+    from dsl_jax.commands import forward
+
+    def broken(args):
+        raise OSError(28, "No space left on device\nmore detail")
+
+    monkeypatch.setattr(forward, "run", broken)
+    monkeypatch.delenv("DSL_JAX_DEBUG", raising=False)
+    assert cli.main(["forward", "--model", "tiny"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dsl-jax forward: error: OSError: [Errno 28] No space left on device "
+                   "(run with DSL_JAX_DEBUG=1 for the traceback)"]
+    monkeypatch.setenv("DSL_JAX_DEBUG", "1")
+    with pytest.raises(OSError, match="No space left"):
+        cli.main(["forward", "--model", "tiny"])
