@@ -25,7 +25,6 @@ checkpoint (docs/checkpoint.md section 3).
 
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import time
@@ -55,12 +54,6 @@ def peak_rss_bytes() -> int:
         pass
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _same_place(path: str) -> str:
-    """``path`` resolved (links followed) when local; a bucket path as given."""
-    return storage.abspath(path) if storage.is_remote(path) else os.path.realpath(
-        os.path.expanduser(path))
 
 
 # ---- planning: which tensor fills which parameter ---------------------------------------
@@ -115,6 +108,9 @@ def plan(hf, cfg):
                 f"{ne.path}: tensor noise_embed.weight has shape {list(ne.shape)}, expected "
                 f"[{cfg.vocab_size}, noise_dim]")
         noise_dim = ne.shape[1]
+    from dsl_jax.conversion.hf_io import require_float
+    for ref in (*llada.values(), *dsl.values(), *extra.values()):
+        require_float(ref)
     for key, ref in {**llada, **dsl}.items():
         entry = keymap.lookup(key)[0] if key in llada else keymap.dsl_entries(True)[key]
         want = tuple(noise_dim if s is None else s for s in entry.torch_shape(cfg))
@@ -356,9 +352,8 @@ def convert(hf_dir: str, out: str, dtype: str = "bfloat16", mesh=None, overwrite
 
     t0 = time.perf_counter()
     require(dtype in ("bfloat16", "float32"), f"--dtype must be bfloat16 or float32, got {dtype!r}")
+    storage.check_output_apart(out, {"--hf": hf_dir, "--tokenizer": tokenizer_dir}, "--out")
     out = checkpoint.check_target(out, overwrite)
-    require(_same_place(hf_dir) != _same_place(out),
-            f"{out}: the output directory is the input directory")
     hf = HFCheckpoint(hf_dir)
     cfg = ModelConfig.from_hf_json(hf.config_path, param_dtype=dtype, dtype=dtype)
     llada, dsl, noise_dim, extra = plan(hf, cfg)

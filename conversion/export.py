@@ -87,10 +87,9 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
             "(not under dsl-jax launch or pod-sim)")
     t0 = time.perf_counter()
     require(max_shard_bytes > 0, f"--max-shard-bytes must be positive, got {max_shard_bytes}")
+    storage.check_output_apart(hf_dir, {"--ckpt": ckpt, "--copy-from": copy_from}, "--hf")
     meta = checkpoint.read_meta(ckpt)
     out = checkpoint.check_target(hf_dir, overwrite)
-    require(checkpoint.check_target(ckpt, True) != out,
-            f"{out}: cannot export a checkpoint onto itself")
     cfg = checkpoint.model_config(meta, source=storage.join(ckpt, checkpoint.META_FILE))
     dsl = checkpoint.dsl_config(meta)
     copied = companion_files(copy_from, cfg) if copy_from else {}

@@ -50,6 +50,16 @@ ST_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 NP_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+# What a weight tensor may be stored as: every parameter of the model is a float.
+FLOAT_ST = ("F32", "F16", "BF16")
+
+
+def require_float(ref: "TensorRef") -> None:
+    """One line naming the file, the key and the dtype unless tensor ``ref`` is stored as
+    F32, F16 or BF16 (an integer tensor read as weights would be garbage, not an error)."""
+    name = NP_TO_ST.get(np.dtype(ref.dtype), str(ref.dtype))
+    require(name in FLOAT_ST, f"{ref.path}: tensor {ref.key} has dtype {name}, expected a "
+            f"float tensor ({', '.join(FLOAT_ST)})")
 
 
 def _errors(path: str):
@@ -144,16 +154,25 @@ def read_safetensors_header(path: str) -> dict[str, TensorRef]:
                 info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{path}: corrupt safetensors header entry for {key}") from None
-        require(dtype_name in ST_DTYPES, f"{path}: tensor {key} has unsupported dtype {dtype_name}")
+        require(isinstance(dtype_name, str) and dtype_name in ST_DTYPES,
+                f"{path}: tensor {key} has unsupported dtype {dtype_name}")
+        require(all(type(x) is int and x >= 0 for x in (s, e)) and
+                all(type(x) is int and x >= 0 for x in info["shape"]),
+                f"{path}: corrupt safetensors header: tensor {key} has data_offsets "
+                f"{[s, e]} and shape {info['shape']}, expected non-negative integers")
         dtype = ST_DTYPES[dtype_name]
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        require(e - s == nbytes and s >= 0,
+        require(e - s == nbytes,
                 f"{path}: corrupt safetensors header: tensor {key} has {e - s} bytes for shape "
                 f"{list(shape)} {dtype_name}")
         require(base + e <= size,
                 f"{path}: truncated safetensors file: tensor {key} ends at byte {base + e} "
                 f"but the file has {size} bytes")
         out[key] = TensorRef(key, path, dtype, shape, base + s, nbytes)
+    spans = sorted((r.start, r.start + r.nbytes, k) for k, r in out.items() if r.nbytes)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        require(start >= end, f"{path}: corrupt safetensors header: tensors {a} and {b} "
+                "overlap in data_offsets")
     return out
 
 

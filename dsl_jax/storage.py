@@ -66,6 +66,62 @@ def basename(p) -> str:
         os.path.normpath(p))
 
 
+def _resolved(p) -> str:
+    """``p`` with links followed when local (what it really names); a bucket path
+    normalised (``..``, ``.``, doubled and trailing slashes removed)."""
+    p = str(p)
+    if is_remote(p):
+        proto, rest = p.split("://", 1)
+        return f"{proto}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(os.path.expanduser(p))
+
+
+def _under(inner: str, outer: str) -> bool:
+    """Whether resolved path ``inner`` lies inside resolved path ``outer`` (or is it)."""
+    if inner == outer:
+        return True
+    sep = "/" if is_remote(outer) else os.sep
+    return inner.startswith(outer.rstrip(sep) + sep)
+
+
+def check_output_apart(output, inputs, what: str = "output") -> None:
+    """Refuse, with one :class:`UserError` line, an ``output`` that equals, contains or
+    lies inside one of ``inputs``, compared after resolving links (local paths) or after
+    normalising (bucket paths), so that writing or replacing the output can never
+    destroy or change an input. Called by every command before it does any work.
+
+    ``inputs``: a mapping label -> path (or list of paths), the label naming the input
+    in the message (e.g. ``"--ckpt"``), or an iterable of paths. Empty paths are skipped.
+    ``what`` names the output in the message (e.g. ``"--out"``).
+    """
+    if not output:
+        return
+    pairs = []
+    items = inputs.items() if hasattr(inputs, "items") else ((None, p) for p in inputs)
+    for label, value in items:
+        for p in ([value] if isinstance(value, (str, os.PathLike)) else value or ()):
+            if p:
+                pairs.append((label, str(p)))
+    out = _resolved(output)
+    for label, p in pairs:
+        inp = _resolved(p)
+        if is_remote(out) != is_remote(inp):
+            continue
+        named = f"{label} {p}" if label else p
+        if out == inp:
+            relation = "is the same place as the input"
+        elif _under(inp, out):
+            relation = "contains the input"
+        elif _under(out, inp):
+            relation = "lies inside the input"
+        else:
+            continue
+        shown = str(output) if out == str(output) else f"{output} (= {out})"
+        raise UserError(f"{what} {shown} {relation} {named}"
+                        + ("" if inp == p else f" (= {inp})")
+                        + "; choose an output apart from every input")
+
+
 # ---- errors ------------------------------------------------------------------------
 
 def _is_storage_error(e: BaseException) -> bool:

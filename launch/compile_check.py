@@ -318,7 +318,8 @@ def _oom_line(err: Exception) -> str | None:
 def check(topology: Topology, what: str, *, mesh: str | None, cfg=None, config_name: str = "",
           overrides=(), model: str = "", batch: int = 0, length: int | None = None,
           dtype: str | None = None, param_dtype: str | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, gen_length: int = 256, nfe: int = 16,
+          noise_dim: int = 100) -> dict:
     """Compile ``what`` for ``topology`` on compile-only devices and return its figures
     (:func:`analyse`), or ``{"topology", "fits": False, "error"}`` when the TPU compiler
     refuses it for lack of HBM. ``what`` is "forward" (``model`` on ``batch`` x ``length``
@@ -336,6 +337,9 @@ def check(topology: Topology, what: str, *, mesh: str | None, cfg=None, config_n
         _stage(bar, "abstract state")
         if what == "forward":
             traced, info = _trace_forward(devices, mesh, model, batch, length, dtype, param_dtype)
+        elif what == "sample":
+            traced, info = _trace_sample(devices, mesh, model, batch, length, gen_length, nfe,
+                                         noise_dim, dtype, param_dtype)
         else:
             traced, info = _trace_train(devices, mesh, cfg, config_name, overrides)
         _stage(bar, "lower")
@@ -390,6 +394,54 @@ def _trace_forward(devices, mesh_spec: str | None, model_name: str, batch: int,
         shape=f"batch {batch} x {length}",
         model_flops=forward_model_flops(mc, tokens, length),
         flops_formula="2 x matmul params x tokens + attention")
+
+
+def _trace_sample(devices, mesh_spec: str | None, model_name: str, batch: int,
+                  prompt_length: int | None, gen_length: int, nfe: int, noise_dim: int,
+                  dtype: str | None, param_dtype: str | None):
+    """One jitted DSL-SDE batch (``dsl_jax.sampling``'s function: the whole Heun loop) on
+    ``batch`` left-padded prompts of ``prompt_length`` + ``gen_length`` response positions."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from dsl_jax import config, dsl, model, sharding
+    from dsl_jax.sampling import registry
+
+    run_fields = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    mc = config.resolve(model_name, **run_fields)
+    P = prompt_length or 2048
+    model.check_length(P + gen_length, mc)
+    registry.get("sde").check(nfe, gen_length)
+    mesh = _mesh(mesh_spec or "fsdp=-1", devices)
+    n_batch = sharding.batch_axes_size(mesh)
+    batch = batch or 4 * n_batch
+    require(batch % n_batch == 0,
+            f"--batch {batch} does not divide over the mesh's batch axes "
+            f"({' x '.join(sharding.batch_axes(mesh))} = {n_batch} chips); use a multiple of {n_batch}")
+    graphdef, state = sharding.abstract_with_shardings(
+        dsl.build_dsl(mc, dsl.DSLConfig(noise_dim=noise_dim)), mesh)
+    request = registry.Request(nfe, gen_length)
+    run = registry.REGISTRY["sde"].run
+
+    def fn(state, prompt_ids, mask, positions, keys):
+        return run(nnx.merge(graphdef, state), prompt_ids, mask, positions, keys, request)
+
+    def rows(shape, dt):
+        return jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
+
+    L = P + gen_length
+    args = (state, rows((batch, P), jnp.int32), rows((batch, L), jnp.bool_),
+            rows((batch, L), jnp.int32), rows((batch, 2), jnp.uint32))
+    with jax.set_mesh(mesh):
+        traced = jax.jit(fn, out_shardings=sharding.batch_sharding(mesh, 2)).trace(*args)
+    passes = registry.forward_passes("sde", nfe)
+    return traced, dict(
+        what="sample", mesh=mesh, model=model_name, model_cfg=mc, tokens=batch * L,
+        shape=f"DSL-SDE batch {batch} x (prompt {P} + response {gen_length}), NFE {nfe} "
+              f"({passes} forward passes)", forward_passes=passes,
+        model_flops=passes * forward_model_flops(mc, batch * L, L),
+        flops_formula="forward passes x (2 x matmul params x tokens + attention)")
 
 
 def _trace_train(devices, mesh_spec: str | None, cfg, config_name: str, overrides):
@@ -470,4 +522,7 @@ def analyse(compiled, traced, topology: Topology, info: dict, compile_s: float) 
         "estimate": {"matmul_flops_per_chip": full / chips, "step_seconds": step_s},
         "model_flops": info["model_flops"], "model_flops_formula": info["flops_formula"],
         "mfu": mfu,
+        **({"forward_passes": info["forward_passes"],
+            "seconds_per_forward_pass": step_s / info["forward_passes"] if step_s else None}
+           if "forward_passes" in info else {}),
     }

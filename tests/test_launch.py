@@ -267,3 +267,31 @@ def test_compile_check_8b_on_one_v5e_chip_does_not_fit(tmp_path, capsys):
 def test_compile_check_bad_input(capsys, argv, message):
     rc, out, err = run_cli(["compile-check", *argv], capsys)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_compile_check_tiny_sample_prints_memory_and_seconds_per_nfe(tmp_path, capsys):
+    """--what sample: one DSL-SDE batch (the whole Heun loop) compiled for 4 v5p chips; the
+    figures per chip and the estimated time per forward pass."""
+    out_json = tmp_path / "cc.json"
+    rc, out, err = run_cli(["compile-check", "--what", "sample", "--model", "tiny", "--topology",
+                            "v5p:2x2x1", "--length", "64", "--gen-length", "32", "--nfe", "4",
+                            "--noise-dim", "16", "--json", str(out_json)], capsys)
+    assert rc == 0, err
+    f = json.loads(out_json.read_text())
+    # Default batch: 4 per chip of the batch axes (fsdp=4): 16 prompts of 64 + 32 positions.
+    assert f["what"] == "sample" and f["chips"] == 4 and f["tokens_per_step"] == 16 * 96
+    assert "DSL-SDE batch 16 x (prompt 64 + response 32), NFE 4 (5 forward passes)" in out
+    for label in ("arguments", "outputs", "temporaries", "generated code", "total"):
+        assert f"  {label} " in out
+    assert "memory per chip (HBM 95 GiB)" in out and ": fits" in out
+    # NFE 4: 2 Heun steps of two passes + the final pass = 5; s/NFE = step estimate / 5.
+    assert f["forward_passes"] == 5
+    per = f["seconds_per_forward_pass"]
+    assert per == pytest.approx(f["estimate"]["step_seconds"] / 5) and per > 0
+    assert f"estimated {per:.4f} s/NFE (per forward pass)" in out
+    from dsl_jax import config
+    from dsl_jax.launch.compile_check import forward_model_flops
+    assert f["model_flops"] == pytest.approx(5 * forward_model_flops(config.preset("tiny"),
+                                                                     16 * 96, 96))
+    # The jaxpr's matmuls: at least the 5 passes' backbone matmuls (plus top-k x_hat).
+    assert f["jaxpr_matmul_flops"]["with_trip_counts"] >= 0.9 * f["model_flops"]

@@ -481,3 +481,162 @@ def test_sample_command_end_to_end(tiny_dsl, tmp_path, capsys, monkeypatch):
         rc = main(["sample", "--ckpt", dsl_ckpt, "--prompt", "hi", *bad])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and "\n" not in err and msg in err
+
+
+# ---------------------------------------------------------------- the DSL knobs
+
+
+def test_dsl_knobs_defaults_are_todays_and_each_reaches_the_sampler(tiny_dsl, monkeypatch):
+    """Each knob of ``generate`` reaches the loop as given (grid, noise scale, beta, top-k
+    recorded at trace time; the first pass's state has norm s_min); the defaults equal the
+    paper's values given explicitly."""
+    from dsl_jax import sampling
+    from dsl_jax.sampling import sde as sde_mod
+
+    seen = {}
+    orig_sample, orig_xhat = sde_mod.sde_sample, sde_mod.x_hat_from_logits
+    orig_embed = dsl.DSLModel.embed_noisy
+
+    def sample_spy(x_hat_fn, final_fn, keys, grid, ns, *a, **k):
+        seen.update(grid=np.asarray(grid, np.float64), ns=ns)
+        return orig_sample(x_hat_fn, final_fn, keys, grid, ns, *a, **k)
+
+    def xhat_spy(logits, e, top_k=sde_mod.TOP_K):
+        seen["top_k"] = top_k
+        return orig_xhat(logits, e, top_k)
+
+    def embed_spy(self, z, beta_scale=1.0):
+        seen["beta"] = beta_scale
+        jax.debug.callback(lambda v: seen.setdefault("z", []).append(np.asarray(v)), z)
+        return orig_embed(self, z, beta_scale=beta_scale)
+
+    monkeypatch.setattr(sde_mod, "sde_sample", sample_spy)
+    monkeypatch.setattr(sde_mod, "x_hat_from_logits", xhat_spy)
+    monkeypatch.setattr(dsl.DSLModel, "embed_noisy", embed_spy)
+    prompts = tiny_prompts()[:2]
+
+    def run(sampler="sde", **knobs):
+        monkeypatch.setattr(sampling, "_JIT_CACHE", {})
+        seen.clear()
+        out = generate(tiny_dsl, prompts, sampler=sampler, nfe=4, gen_length=16, seed=3, **knobs)
+        return out, dict(seen)
+
+    default, d = run()
+    # NFE 4: N = 2, sensitive n1 = n2 = 1, n3 = 0: [0.01, 7, 74]; ns 0.1; beta x2; top-512.
+    np.testing.assert_allclose(d["grid"], [0.01, 7, 74], rtol=1e-6)
+    assert (d["ns"], d["beta"], d["top_k"]) == (0.1, 2.0, 512)
+    explicit, _ = run(snr_grid="sensitive", s_min=0.01, s_max=100.0, beta_scale=2.0,
+                      noise_scale=0.1, top_k=512)
+    assert explicit == default
+    for sampler in ("ode", "pf_ode"):  # the others keep noise scale 0 and the same knobs
+        assert run(sampler)[1]["ns"] == 0.0
+
+    out, s = run(snr_grid="loglinear", s_min=1.0, s_max=100.0)
+    np.testing.assert_allclose(s["grid"], [1, 10, 100], rtol=1e-6)  # log-spaced 1 -> 100
+    first = np.linalg.norm(s["z"][0], axis=-1)  # z = s_0 y_0, y_0 unit: |z| = s_min
+    np.testing.assert_allclose(first, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(d["z"][0], axis=-1), 0.01, rtol=1e-5)
+    _, s = run(s_min=0.5)
+    np.testing.assert_allclose(s["grid"], [0.5, 7, 74], rtol=1e-6)
+    _, s = run(snr_grid="sensitive", s_max=300.0)  # unused at N = 2 (no third segment) ...
+    np.testing.assert_allclose(s["grid"], [0.01, 7, 74], rtol=1e-6)
+    monkeypatch.setattr(sampling, "_JIT_CACHE", {})
+    seen.clear()
+    generate(tiny_dsl, prompts, sampler="sde", nfe=80, gen_length=16, s_max=300.0)
+    assert seen["grid"][-1] == pytest.approx(300.0, rel=1e-6)  # ... the end at N = 40
+    out, s = run(noise_scale=0.3)
+    assert s["ns"] == 0.3 and out != default
+    _, s = run(beta_scale=1.0)
+    assert s["beta"] == 1.0 and not np.array_equal(s["z"][1], d["z"][1])
+    out, s = run(top_k=1)
+    assert s["top_k"] == 1 and not np.array_equal(s["z"][1], d["z"][1])
+
+
+def test_x_hat_top_k_one_is_the_argmax_embedding():
+    logits = jnp.array([[0.1, 2.0, -1.0, 0.5]])
+    E = jnp.arange(8.0).reshape(4, 2)
+    np.testing.assert_allclose(x_hat_from_logits(logits, E, 1), [[2.0, 3.0]])
+    p = np.exp([2.0, 0.5]) / np.exp([2.0, 0.5]).sum()  # top-2: rows 1 and 3, renormalised
+    np.testing.assert_allclose(x_hat_from_logits(logits, E, 2), [p @ np.array([[2, 3], [6, 7]])],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("knobs, message", [
+    (dict(beta_scale=0.0), "beta_scale must be a positive number, got 0.0"),
+    (dict(noise_scale=-0.1), "noise_scale must be a number >= 0"),
+    (dict(s_min=0.0), "s_min must be a positive number"),
+    (dict(s_min=8.0), "s_min must be below 7 on the sensitive grid"),
+    (dict(s_max=50.0), "s_max must be above 74 on the sensitive grid"),
+    (dict(snr_grid="loglinear", s_min=5.0, s_max=2.0), "s_max must be a number above s_min 5.0"),
+    (dict(top_k=0), "top_k must be an integer >= 1"),
+    (dict(snr_grid="cosine"), "snr_grid must be one of"),
+])
+def test_dsl_knob_bad_values_one_line(tiny_dsl, knobs, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        generate(tiny_dsl, [[6, 7]], sampler="sde", nfe=4, gen_length=8, **knobs)
+
+
+def test_dsl_knobs_on_samplers_that_do_not_use_them(tiny_dsl):
+    with pytest.raises(UserError, match=r"noise_scale is an option of sde only \(ode runs"):
+        generate(tiny_dsl, [[6, 7]], sampler="ode", nfe=4, gen_length=8, noise_scale=0.1)
+    with pytest.raises(UserError, match="top_k, beta_scale|beta_scale, top_k"):
+        generate(tiny_dsl, [[6, 7]], sampler="remask", nfe=4, gen_length=8, top_k=3,
+                 beta_scale=1.0)
+
+
+def test_sample_command_knob_flags(tiny_dsl, tmp_path, capsys, monkeypatch):
+    """The flags reach generate as the knobs (absent flags: not passed, today's defaults);
+    a bad one is one line naming the flag, before the model is loaded."""
+    from dsl_jax import checkpoint, tokenizer
+    from dsl_jax import sampling
+    from dsl_jax.cli import main
+
+    ckpt = str(tmp_path / "dsl")
+    checkpoint.save_model(ckpt, tiny_dsl)
+    tokenizer.train_small(["the quick brown fox"] * 20, vocab_size=512,
+                          path=str(tmp_path / "dsl" / "tokenizer.json"))
+    calls = []
+    real = sampling.generate
+    monkeypatch.setattr(sampling, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    base = ["sample", "--ckpt", ckpt, "--prompt", "the fox", "--nfe", "4", "--gen-length", "8",
+            "--no-progress", "--mesh", "fsdp=1,data=-1"]
+    assert main(base) == 0
+    assert not set(calls[-1]) & {"snr_grid", "s_min", "s_max", "beta_scale", "noise_scale",
+                                 "top_k"}
+    assert main(base + ["--snr-grid", "loglinear", "--s-min", "0.1", "--s-max", "50",
+                        "--beta-scale", "1.5", "--noise-scale", "0.2", "--top-k", "7"]) == 0
+    assert {k: calls[-1][k] for k in ("snr_grid", "s_min", "s_max", "beta_scale", "noise_scale",
+                                      "top_k")} == dict(snr_grid="loglinear", s_min=0.1,
+                                                        s_max=50.0, beta_scale=1.5,
+                                                        noise_scale=0.2, top_k=7)
+    capsys.readouterr()
+    monkeypatch.setattr(checkpoint, "load", lambda *a, **k: 1 / 0)
+    for bad, msg in [(["--s-max", "20"], "--s-max must be above 74 on the sensitive grid"),
+                     (["--sampler", "pf_ode", "--noise-scale", "0.1"],
+                      "--noise-scale is an option of sde only (pf_ode runs"),
+                     (["--sampler", "remask", "--top-k", "4"], "--top-k: DSL-sampler option(s)"),
+                     (["--beta-scale", "-1"], "--beta-scale must be a positive number")]:
+        assert main(base + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and msg in err, err
+
+
+def test_sweep_knob_fields():
+    """The eval config's knob fields: defaults give no knob away from the paper's (old cell
+    fingerprints stay valid), set ones reach the DSL samplers only, bad ones are one line."""
+    from dsl_jax.evaluation import sweep
+    from dsl_jax.sampling.registry import KNOB_DEFAULTS
+
+    s = sweep.Settings.from_config({"samplers": "sde,ode,remask"})
+    assert s.dsl_knobs("sde") == {k: v for k, v in KNOB_DEFAULTS.items() if k != "noise_scale"}
+    assert s.changed_knobs("sde") == {} and s.dsl_knobs("remask") == {}
+    s = sweep.Settings.from_config({"samplers": "sde,ode,remask", "noise_scale": "0.02",
+                                    "top_k": "64", "snr_grid": "loglinear"})
+    assert s.changed_knobs("sde") == {"noise_scale": 0.02, "top_k": 64, "snr_grid": "loglinear"}
+    assert s.changed_knobs("ode") == {"top_k": 64, "snr_grid": "loglinear"}
+    assert s.dsl_knobs("remask") == {}
+    for bad, msg in [({"s_min": "9"}, "config s_min must be below 7 on the sensitive grid"),
+                     ({"noise_scale": "lots"}, "config noise_scale: expected a number"),
+                     ({"beta_scale": "0"}, "config beta_scale must be a positive number")]:
+        with pytest.raises(UserError, match=msg):
+            sweep.Settings.from_config({"samplers": "sde", **bad})

@@ -23,15 +23,24 @@ def register(sub):
                    help="compile for N slices of --topology joined over DCN (multi-slice); the "
                         "slices go on the mesh's dcn_data axis unless --mesh names dcn_data/"
                         "dcn_fsdp (default 1)")
-    p.add_argument("--what", choices=["forward", "train"], default=None,
-                   help="what to compile: the model's forward pass, or the training step of "
-                        "--config (default: train when --config is given, else forward)")
+    p.add_argument("--what", choices=["forward", "train", "sample"], default=None,
+                   help="what to compile: the model's forward pass, the training step of "
+                        "--config, or one DSL-SDE sampling batch (the whole Heun loop) "
+                        "(default: train when --config is given, else forward)")
     configlib.add_config_arguments(p, default="", example="--config.global_batch=32")
     p.add_argument("--model", default="llada-8b",
                    help="forward: preset (tiny, small, 1b, llada-8b) or config.json (default llada-8b)")
-    p.add_argument("--batch", type=int, default=8, help="forward: sequences (default 8)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="forward: sequences (default 8); sample: prompts (default 4 per chip "
+                        "of the mesh's batch axes)")
     p.add_argument("--length", type=int, default=None,
-                   help="forward: sequence length (default: the model's maximum, at most 4096)")
+                   help="forward: sequence length (default: the model's maximum, at most 4096); "
+                        "sample: prompt length (default 2048)")
+    p.add_argument("--gen-length", type=int, default=256,
+                   help="sample: response positions (default 256)")
+    p.add_argument("--nfe", type=int, default=16, help="sample: DSL-SDE's NFE (default 16)")
+    p.add_argument("--noise-dim", type=int, default=100,
+                   help="sample: the DSL noise dimension d (default 100)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="forward: compute dtype (default: the model's)")
     p.add_argument("--param-dtype", default=None, choices=["float32", "bfloat16"],
@@ -54,13 +63,17 @@ def run(args) -> int:
     else:
         require(not args.config_overrides or args.config,
                 "--config.KEY=VALUE overrides need --config (train mode)")
-        require(args.batch > 0, f"--batch must be positive, got {args.batch}")
+        require(args.batch is None or args.batch > 0, f"--batch must be positive, got {args.batch}")
+        require(args.gen_length > 0, f"--gen-length must be positive, got {args.gen_length}")
+        require(args.noise_dim > 0, f"--noise-dim must be positive, got {args.noise_dim}")
         require(args.length is None or args.length > 0, f"--length must be positive, got {args.length}")
     cfg = configlib.from_args(args) if what == "train" else None
     figures = compile_check.check(
         topology, what, mesh=args.mesh, cfg=cfg, config_name=args.config,
-        overrides=args.config_overrides, model=args.model, batch=args.batch, length=args.length,
-        dtype=args.dtype, param_dtype=args.param_dtype)
+        overrides=args.config_overrides, model=args.model,
+        batch=args.batch or (8 if what == "forward" else 0), length=args.length,
+        dtype=args.dtype, param_dtype=args.param_dtype, gen_length=args.gen_length,
+        nfe=args.nfe, noise_dim=args.noise_dim)
     if args.json:
         write_json(args.json, figures)
     hbm = f"{topology.generation.hbm_bytes / GiB:.0f} GiB HBM"
@@ -109,6 +122,11 @@ def report(f: dict) -> None:
             "no step estimate (the compiler's optimal time is not positive)")
     print(f"program per chip: {e['matmul_flops_per_chip']:.3e} matmul FLOPs (jaxpr, loop trip "
           f"counts {trips}); {step}")
+    if "forward_passes" in f:
+        per = f["seconds_per_forward_pass"]
+        print(f"sampling: {f['forward_passes']} forward passes per batch; estimated "
+              + (f"{per:.4f} s/NFE (per forward pass), {per * f['forward_passes']:.3f} s per batch"
+                 if per else "s/NFE n/a (no step estimate)"))
     mfu = f"{100 * f['mfu']:.1f}%" if f["mfu"] is not None else "n/a"
     print(f"model FLOPs per step {f['model_flops']:.3e} ({f['model_flops_formula']}); "
           f"estimated MFU {mfu} at {f['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip "

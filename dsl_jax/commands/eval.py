@@ -43,8 +43,16 @@ def _config_help() -> str:
 
 
 def run(args) -> int:
+    from dsl_jax import storage
     from dsl_jax.configlib import from_args
+    from dsl_jax.evaluation import benchmarks as B
     from dsl_jax.evaluation.sweep import Settings, run_sweep
 
-    run_sweep(Settings.from_config(from_args(args)))
+    s = Settings.from_config(from_args(args))
+    benches = B.resolve(s.benchmarks)
+    storage.check_output_apart(s.out_dir, {
+        "ckpt": s.ckpt, "tokenizer": s.tokenizer,
+        "data_dir": s.data_dir if any(not b.local_file for b in benches) else "",
+        "benchmark file": [b.local_file for b in benches if b.local_file]}, "out_dir")
+    run_sweep(s)
     return 0

@@ -71,6 +71,8 @@ def run(args) -> int:
     from dsl_jax.tokenizer import Tokenizer
 
     # Everything that can be wrong with the input is checked before any model is loaded.
+    storage.check_output_apart(args.out, {"--texts": args.texts, "--ckpt": args.ckpt,
+                                          "--tokenizer": args.tokenizer}, "--out")
     if args.protocol == "paper":
         for flag, value in (("--rates", args.rates), ("--modes", args.modes),
                             ("--max-length", args.max_length)):

@@ -11,6 +11,10 @@ Samplers: sde (DSL-SDE, needs a DSL checkpoint), ode (DSL-SDE with noise scale 0
 authors' deterministic sampler), pf_ode (the probability-flow ODE, not the paper's), remask
 (low-confidence remasking, one block, steps = NFE), random (random remasking), eos_block
 (low-confidence remasking, EOS suppressed, blocks of 32).
+
+The DSL samplers' knobs (docs/method.md section 3), each at the paper's value unless
+given: --snr-grid, --s-min, --s-max, --beta-scale, --top-k, and --noise-scale (sde only).
+Giving one to a remasking sampler is an error.
 """
 
 from __future__ import annotations
@@ -43,8 +47,22 @@ def register(sub):
     p.add_argument("--shared-seed", action="store_true",
                    help="every prompt draws its start state and noise from --seed alone, as "
                    "the authors' evaluation does (default: from (seed, i))")
-    p.add_argument("--snr-grid", default="sensitive", choices=list(SNR_GRIDS),
+    p.add_argument("--snr-grid", default=None, choices=list(SNR_GRIDS),
                    help="SNR grid of sde/ode/pf_ode (default sensitive)")
+    p.add_argument("--s-min", type=float, default=None,
+                   help="sde/ode/pf_ode: the SNR grid's first SNR (default 0.01)")
+    p.add_argument("--s-max", type=float, default=None,
+                   help="sde/ode/pf_ode: the SNR grid's last SNR (default 100; the sensitive "
+                   "grid ends at 74 below NFE 40)")
+    p.add_argument("--beta-scale", type=float, default=None,
+                   help="sde/ode/pf_ode: beta_infer = SCALE x beta, the converter's inverse "
+                   "temperature while sampling (default 2)")
+    p.add_argument("--noise-scale", type=float, default=None,
+                   help="sde: the noise scale ns (default by NFE: 0.1 up to 8, 0.05 up to 16, "
+                   "0.01 up to 32, else 0.005); ode/pf_ode have 0")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sde/ode/pf_ode: the posterior mean x_hat over the top-k tokens "
+                   "(default 512)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="remasking samplers: 0 = argmax, > 0 Gumbel-max (default 0)")
     p.add_argument("--mesh", default="fsdp=-1",
@@ -54,10 +72,12 @@ def register(sub):
 
 
 def run(args) -> int:
+    import re
+
     import jax
 
     from dsl_jax import checkpoint
-    from dsl_jax.errors import require
+    from dsl_jax.errors import UserError, require
     from dsl_jax.sampling import DSL_SAMPLERS, generate, registry
     from dsl_jax.sharding import make_mesh, parse_mesh
     from dsl_jax import storage
@@ -65,10 +85,21 @@ def run(args) -> int:
     from dsl_jax.tokenizer import Tokenizer
 
     # Everything that can fail on bad input, before loading the model.
+    storage.check_output_apart(args.out, {"--prompts-file": args.prompts_file,
+                                          "--ckpt": args.ckpt, "--tokenizer": args.tokenizer},
+                               "--out")
     require(args.gen_length > 0, f"--gen-length must be positive, got {args.gen_length}")
     registry.get(args.sampler).check(args.nfe, args.gen_length)  # NFE, eos_block's block plan
     require(args.batch_size is None or args.batch_size > 0,
             f"--batch-size must be positive, got {args.batch_size}")
+    knobs = {k: getattr(args, k) for k in registry.DSL_KNOBS if getattr(args, k) is not None}
+    try:
+        registry.check_knobs(args.sampler, **knobs)
+    except UserError as e:  # the flag's name, not the field's
+        msg = str(e)
+        for name in registry.DSL_KNOBS:
+            msg = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), msg)
+        raise UserError(msg) from None
     kind = "dsl" if args.sampler in DSL_SAMPLERS else "auto"
     why = f"sampler {args.sampler} needs them; {registry.dsl_hint()}"
     checkpoint.read_meta(args.ckpt, kind, why)
@@ -84,8 +115,8 @@ def run(args) -> int:
     model = checkpoint.load(args.ckpt, mesh, kind, why)
     ids = generate(model, prompts, sampler=args.sampler, nfe=args.nfe,
                    gen_length=args.gen_length, seed=args.seed, batch_size=args.batch_size,
-                   mesh=mesh, snr_grid=args.snr_grid, temperature=args.temperature,
-                   progress=not args.no_progress, shared_seed=args.shared_seed)
+                   mesh=mesh, temperature=args.temperature, progress=not args.no_progress,
+                   shared_seed=args.shared_seed, **knobs)
     if jax.process_index() != 0:  # on a pod every host samples; the lead host reports
         return 0
     outputs = [tok.decode(x) for x in ids]

@@ -103,6 +103,13 @@ def default_config():
     c.out_dir = "runs/eval"  # the run directory; a killed sweep resumes in it
     c.mesh = "fsdp=-1"  # mesh over this host's devices
     c.dtype = ""  # compute dtype override (float32, bfloat16); empty: the checkpoint's
+    # The DSL samplers' knobs (sde/ode/pf_ode; docs/method.md section 3), the paper's by default:
+    c.snr_grid = "sensitive"  # SNR grid: sensitive or loglinear
+    c.s_min = 0.01  # the grid's first SNR
+    c.s_max = 100.0  # the grid's last SNR (the sensitive grid ends at 74 below NFE 40)
+    c.beta_scale = 2.0  # beta_infer = beta_scale x beta
+    c.noise_scale = ""  # sde's noise scale; empty: by NFE (0.1 up to 8, 0.05 up to 16, 0.01 up to 32, else 0.005)
+    c.top_k = 512  # x_hat over the top-k tokens
     c.generator = ""  # advanced: "module:factory"; factory(settings, tok) returns generate(prompts, sampler, nfe, gen_length, seed) -> id lists
     c.plots = True
     return c
@@ -132,6 +139,12 @@ class Settings:
     gen_length: int = _DEFAULTS.gen_length
     mesh: str = _DEFAULTS.mesh
     dtype: str = _DEFAULTS.dtype
+    snr_grid: str = _DEFAULTS.snr_grid
+    s_min: float = _DEFAULTS.s_min
+    s_max: float = _DEFAULTS.s_max
+    beta_scale: float = _DEFAULTS.beta_scale
+    noise_scale: str = _DEFAULTS.noise_scale
+    top_k: int = _DEFAULTS.top_k
     generator: str = _DEFAULTS.generator
     plots: bool = _DEFAULTS.plots
 
@@ -173,7 +186,37 @@ class Settings:
         require(s.batch_size > 0, f"config batch_size: must be positive, got {s.batch_size}")
         require(s.gen_length >= 0, f"config gen_length: must be positive (or 0 for the "
                 f"benchmark's), got {s.gen_length}")
+        if s.noise_scale.strip():
+            try:
+                float(s.noise_scale)
+            except ValueError:
+                raise UserError(f"config noise_scale: expected a number (or empty: by NFE), got "
+                                f"{s.noise_scale!r}") from None
+        from dsl_jax.sampling import registry
+        for sampler in s.samplers:  # a knob out of range: one line naming the config key
+            if sampler in DSL_SAMPLERS:
+                try:
+                    registry.check_knobs(sampler, **s.dsl_knobs(sampler))
+                except UserError as e:
+                    raise UserError(f"config {e}") from None
         return s
+
+    def dsl_knobs(self, sampler: str) -> dict:
+        """The DSL knobs for ``dsl_jax.sampling.generate`` when ``sampler`` uses them (the
+        noise scale: ``sde`` only, when set), else none."""
+        if sampler not in DSL_SAMPLERS:
+            return {}
+        knobs = {"snr_grid": self.snr_grid, "s_min": self.s_min, "s_max": self.s_max,
+                 "beta_scale": self.beta_scale, "top_k": self.top_k}
+        if sampler == "sde" and self.noise_scale.strip():
+            knobs["noise_scale"] = float(self.noise_scale)
+        return knobs
+
+    def changed_knobs(self, sampler: str) -> dict:
+        """The DSL knobs of ``sampler`` away from their defaults (a cell's fingerprint holds
+        these only, so runs of earlier versions keep theirs)."""
+        from dsl_jax.sampling.registry import KNOB_DEFAULTS
+        return {k: v for k, v in self.dsl_knobs(sampler).items() if v != KNOB_DEFAULTS[k]}
 
     def draw(self, bench) -> tuple[int, int]:
         """(examples, source words) for ``bench``: the config's where set, else the benchmark's."""
@@ -204,7 +247,8 @@ class Settings:
                 "gen_length": gen_length, "dtype": self.dtype,
                 "examples_crc": zlib.crc32(",".join(e.id for e in examples).encode()),
                 "texts_crc": zlib.crc32(texts.encode()),
-                **({"shared_seed": True} if self.shared_seed else {})}
+                **({"shared_seed": True} if self.shared_seed else {}),
+                **self.changed_knobs(sampler)}
 
 
 # ---- files ------------------------------------------------------------------------

@@ -14,7 +14,8 @@ the ``gen_length`` response token ids (raw: EOS/EoT tails included; the tokenize
   nfe steps split over the blocks, the remainder to the first blocks.
 
 One batch is one jitted computation (the steps are a ``lax.fori_loop``), compiled once
-per (batch rows, prompt-length bucket, sampler, nfe, gen_length, grid). Prompts are
+per (batch rows, prompt-length bucket, sampler, :class:`Request`: nfe, gen_length and
+the DSL knobs: grid, s_min, s_max, beta scale, noise scale, top-k). Prompts are
 left-padded with an attention mask and positions ``cumsum(mask) - 1``; every row has its
 own key, so a prompt's tokens do not depend on the rest of its batch.
 """
@@ -31,7 +32,7 @@ from dsl_jax.errors import require
 from dsl_jax.sampling import batch as batching
 from dsl_jax.sampling import registry, schedules
 from dsl_jax.sampling.registry import DSL_SAMPLERS, REGISTRY, SAMPLERS, Request, forward_passes
-from dsl_jax.sampling.sde import BETA_INFER_SCALE
+from dsl_jax.sampling.sde import BETA_INFER_SCALE, TOP_K
 from dsl_jax.sharding import host_array
 
 _JIT_CACHE: dict = {}
@@ -102,7 +103,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
              gen_length: int, seed: int = 0, seeds: Sequence[int] | None = None,
              batch_size: int | None = None, mesh=None, snr_grid: str = "sensitive",
              progress: bool = False, temperature: float = 0.0,
-             bucket: int = batching.BUCKET, shared_seed: bool = False) -> list[list[int]]:
+             bucket: int = batching.BUCKET, shared_seed: bool = False,
+             beta_scale: float = BETA_INFER_SCALE, noise_scale: float | None = None,
+             s_min: float = schedules.SNR_MIN, s_max: float = schedules.SNR_MAX,
+             top_k: int = TOP_K) -> list[list[int]]:
     """Response token ids (``gen_length`` per prompt) for chat-templated ``prompts``.
 
     ``model``: a DSLModel (``sde``/``ode``/``pf_ode``), a LLaDA or a DSLModel (its ``.llada``
@@ -113,10 +117,14 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
     else from (``seed``, i). ``batch_size`` defaults to all prompts; the last batch is filled with
     dummy rows, and rows are padded up to a multiple of the mesh's data-parallel size.
     ``temperature`` (remasking only): 0 is argmax, > 0 Gumbel-max sampling.
+    The DSL samplers' knobs (defaults: the paper's; set on another sampler: an error):
+    ``snr_grid`` (sensitive / loglinear) from ``s_min`` to ``s_max``, ``beta_scale``
+    (beta_infer = beta_scale x beta), ``top_k`` (x_hat's top-k), ``noise_scale`` (``sde``
+    only; None: by NFE, :func:`schedules.noise_scale`).
     """
     check_request(model, prompts, sampler, nfe, gen_length, seeds, shared_seed)
-    require(snr_grid in schedules.SNR_GRIDS,
-            f"snr_grid must be one of {schedules.SNR_GRIDS}, got {snr_grid!r}")
+    registry.check_knobs(sampler, snr_grid=snr_grid, beta_scale=beta_scale,
+                         noise_scale=noise_scale, s_min=s_min, s_max=s_max, top_k=top_k)
     require(temperature >= 0, f"temperature must be >= 0, got {temperature}")
     if not prompts:
         return []
@@ -139,8 +147,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
     require(batch_size > 0, f"batch_size must be positive, got {batch_size}")
     dp = batching.batch_devices(mesh)
     rows = -(-batch_size // dp) * dp
-    fn = _jitted(graphdef, state, mesh, sampler,
-                 Request(int(nfe), int(gen_length), snr_grid, float(temperature)))
+    request = Request(int(nfe), int(gen_length), snr_grid, float(temperature), float(beta_scale),
+                      None if noise_scale is None else float(noise_scale), float(s_min),
+                      float(s_max), int(top_k))
+    fn = _jitted(graphdef, state, mesh, sampler, request)
     keys = [batching.row_key(seed, i, seeds, shared_seed) for i in range(n)]
     chunks = [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
     if progress:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from typing import Callable
 
 from dsl_jax.errors import require
@@ -21,8 +23,63 @@ class Request:
 
     nfe: int
     gen_length: int
-    snr_grid: str = "sensitive"  # DSL samplers
+    snr_grid: str = "sensitive"  # DSL samplers: sensitive / loglinear
     temperature: float = 0.0  # remasking samplers: 0 argmax, > 0 Gumbel-max
+    # The DSL samplers' knobs (docs/method.md section 3); the defaults are the paper's.
+    beta_scale: float = sde.BETA_INFER_SCALE  # beta_infer = beta_scale x beta
+    noise_scale: float | None = None  # sde only; None: by NFE (schedules.noise_scale)
+    s_min: float = schedules.SNR_MIN  # the grid's first SNR
+    s_max: float = schedules.SNR_MAX  # the grid's last SNR (sensitive: of its third segment)
+    top_k: int = sde.TOP_K  # x_hat over the top-k probabilities
+
+    def check(self, sampler: str) -> None:
+        """One clear line for a knob out of range or one the sampler does not use."""
+        check_knobs(sampler, snr_grid=self.snr_grid, beta_scale=self.beta_scale,
+                    noise_scale=self.noise_scale, s_min=self.s_min, s_max=self.s_max,
+                    top_k=self.top_k)
+
+
+DSL_KNOBS = ("snr_grid", "beta_scale", "noise_scale", "s_min", "s_max", "top_k")
+KNOB_DEFAULTS = {k: f.default for f in dataclasses.fields(Request) for k in DSL_KNOBS
+                 if f.name == k}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_knobs(sampler: str, **knobs) -> None:
+    """One clear line for a DSL knob (:data:`DSL_KNOBS`, defaults :data:`KNOB_DEFAULTS`) out of
+    range, or set away from its default for a sampler that does not use it (``noise_scale``:
+    ``sde`` only; the others: the DSL samplers)."""
+    spec = get(sampler)
+    k = {**KNOB_DEFAULTS, **knobs}
+    require(set(knobs) <= set(DSL_KNOBS), f"unknown sampler option(s) {sorted(set(knobs) - set(DSL_KNOBS))}")
+    if not spec.needs_dsl:
+        changed = [n for n in DSL_KNOBS if k[n] != KNOB_DEFAULTS[n]]
+        require(not changed, f"{', '.join(changed)}: DSL-sampler option(s), not used by {sampler}")
+    require(k["snr_grid"] in schedules.SNR_GRIDS,
+            f"snr_grid must be one of {schedules.SNR_GRIDS}, got {k['snr_grid']!r}")
+    require(_finite(k["beta_scale"]) and k["beta_scale"] > 0,
+            f"beta_scale must be a positive number, got {k['beta_scale']!r}")
+    ns = k["noise_scale"]
+    if ns is not None:
+        require(_finite(ns) and ns >= 0, f"noise_scale must be a number >= 0, got {ns!r}")
+        require(sampler == "sde", f"noise_scale is an option of sde only ({sampler} runs "
+                "with noise scale 0)")
+    s_min, s_max = k["s_min"], k["s_max"]
+    require(_finite(s_min) and s_min > 0, f"s_min must be a positive number, got {s_min!r}")
+    require(_finite(s_max) and s_max > s_min,
+            f"s_max must be a number above s_min {s_min}, got {s_max!r}")
+    if k["snr_grid"] == "sensitive":
+        lo, hi = schedules.SENSITIVE_BREAKS[1:]
+        require(s_min < lo, f"s_min must be below {lo:g} on the sensitive grid (its first "
+                f"segment runs s_min -> {lo:g}), got {s_min}")
+        require(s_max > hi, f"s_max must be above {hi:g} on the sensitive grid (its last "
+                f"segment runs {hi:g} -> s_max), got {s_max}")
+    top_k = k["top_k"]
+    require(isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1,
+            f"top_k must be an integer >= 1, got {top_k!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,24 +115,28 @@ def run_batch(model, prompt_ids: jax.Array, mask: jax.Array, positions: jax.Arra
               keys: jax.Array, request, *, variant: str = "sde") -> jax.Array:
     """Response tokens [B, G] of a :class:`dsl_jax.dsl.DSLModel` for one left-padded batch
     (:mod:`dsl_jax.sampling.batch`): the prompt enters through wte, the response through
-    the converter at beta_infer; ``request`` (:class:`dsl_jax.sampling.registry.Request`)
-    gives the NFE, generation length and SNR grid; ``variant`` is a key of :data:`VARIANTS`."""
+    the converter at beta_infer = ``request.beta_scale`` x beta; ``request``
+    (:class:`dsl_jax.sampling.registry.Request`) gives the NFE, generation length, SNR grid
+    and its ends, top-k and noise scale (None: the variant's); ``variant`` is a key of
+    :data:`VARIANTS`."""
     llada = model.llada
     P = prompt_ids.shape[1]
     prompt_emb = llada.embed_ids(prompt_ids)
     E = model.noise_embed[...]
 
     def logits_of_z(z):
-        h = model.embed_noisy(z, beta_scale=BETA_INFER_SCALE).astype(prompt_emb.dtype)
+        h = model.embed_noisy(z, beta_scale=request.beta_scale).astype(prompt_emb.dtype)
         x = jnp.concatenate([prompt_emb, h], axis=1)
         hid = llada(inputs_embeds=x, attention_mask=mask, positions=positions, return_hidden=True)
         return llada.head(hid[:, P:])
 
     def x_hat_fn(y, s):
-        return x_hat_from_logits(logits_of_z(s * y), E)
+        return x_hat_from_logits(logits_of_z(s * y), E, request.top_k)
 
     nfe = request.nfe
-    grid = schedules.snr_grid(request.snr_grid, schedules.heun_steps(nfe))
+    grid = schedules.snr_grid(request.snr_grid, schedules.heun_steps(nfe), request.s_min,
+                              request.s_max)
     ns_of, halved = VARIANTS[variant]
-    return sde_sample(x_hat_fn, logits_of_z, keys, grid.astype(np.float32), float(ns_of(nfe)),
+    ns = ns_of(nfe) if request.noise_scale is None else request.noise_scale
+    return sde_sample(x_hat_fn, logits_of_z, keys, grid.astype(np.float32), float(ns),
                       request.gen_length, E.shape[1], halved=halved)

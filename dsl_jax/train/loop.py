@@ -111,6 +111,71 @@ def _prune_data_states(out_dir: str, keep_steps) -> None:
             storage.rmtree(storage.join(root, name))
 
 
+# ---- what a run reads, and what it was started with ----------------------------------
+
+# Settings a resumed run may change: how long it runs, how often it logs, saves, keeps
+# and evaluates, what it profiles, where out_dir is written from and the mesh (a
+# checkpoint restores onto any mesh; the batches depend on data.streams, not the hosts).
+RESUME_MAY_CHANGE = ("steps", "log_every", "save_every", "keep", "eval.every",
+                     "profile_steps", "out_dir", "mesh")
+
+
+def train_inputs(cfg) -> dict:
+    """label -> path(s) of what run ``cfg`` reads (its init checkpoint, data files and
+    folders, tokenizer), for :func:`dsl_jax.storage.check_output_apart`."""
+    from dsl_jax.configlib import parse_list
+
+    data = cfg.data
+    files = []
+    for pattern in parse_list(str(data.files or ""), name="data.files"):
+        found = storage.glob(pattern) if any(c in pattern for c in "*?[") else []
+        files.extend(found or [pattern])
+    return {"init_ckpt": str(cfg.init_ckpt or ""), "data.files": files,
+            "data.data_dir": str(data.data_dir or "") if data.source == "tfds" else "",
+            "data.tokenizer": str(data.tokenizer or "")}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_settings(cfg, out_dir: str) -> bool:
+    """Whether ``out_dir`` holds a run to resume (a saved step under checkpoints/).
+
+    A run is resumed only with the settings it was started with (its config.json):
+    any other difference is one :class:`UserError` line listing the differing keys, and
+    the user either restores them or starts afresh in a new out_dir. The keys of
+    :data:`RESUME_MAY_CHANGE` (steps, log_every, save_every, keep, eval.every,
+    profile_steps, out_dir, mesh) are not compared. config.json is never rewritten on a
+    resume. See docs/checkpoint.md section 4.
+    """
+    import json
+
+    ckdir = storage.join(out_dir, "checkpoints")
+    if not storage.isdir(ckdir) or not any(n.isdigit() for n in storage.listdir(ckdir)):
+        return False
+    path = storage.join(out_dir, "config.json")
+    require(storage.isfile(path), f"{path}: missing; {out_dir} holds checkpoints of a run "
+            "whose settings are unknown; use a new out_dir")
+    saved = _flat(read_json(path, obj=True))
+    now = _flat(json.loads(cfg.to_json()))
+    differ = [k for k in sorted(set(saved) | set(now))
+              if k not in RESUME_MAY_CHANGE and saved.get(k, "(unset)") != now.get(k, "(unset)")]
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
+                          for k in differ[:6]) + (f" (and {len(differ) - 6} more)"
+                                                  if len(differ) > 6 else "")
+        raise UserError(f"{out_dir}: holds a run started with other settings ({shown}); "
+                        "use a new out_dir, or restore these settings to resume it")
+    return True
+
+
 # ---- the loop ----------------------------------------------------------------------
 
 def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
@@ -142,14 +207,17 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     lead = host == 0
 
     out_dir = storage.abspath(cfg.out_dir)
+    storage.check_output_apart(out_dir, train_inputs(cfg), "out_dir")
     storage.require_bucket(out_dir)
+    resuming = check_resume_settings(cfg, out_dir)
     profiler = StepProfiler(out_dir, cfg.profile_steps)
     final_path = storage.join(out_dir, "final")
     steps = int(cfg.steps)
     setup = build_train_step(cfg, mesh)
     if lead:
         storage.makedirs(out_dir)
-        write_atomic(storage.join(out_dir, "config.json"), cfg.to_json(indent=2))
+        if not resuming:  # a resumed run keeps the config.json it was started with
+            write_atomic(storage.join(out_dir, "config.json"), cfg.to_json(indent=2))
 
     options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.keep), create=True,
                                            enable_async_checkpointing=True)
