@@ -201,6 +201,20 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
 
+    def check_model(self, mc, who: str = "") -> None:
+        """One clear error unless this tokenizer fits model config ``mc``: every id within
+        its vocabulary and the same mask token id (another mask id makes the samplers and
+        the losses use a token the model never saw as the mask: silent junk)."""
+        from dsl_jax.errors import require
+
+        where = f" ({who})" if who else ""
+        require(self.vocab_size <= mc.vocab_size,
+                f"{self.source}: {self.vocab_size} tokens do not fit the model's vocabulary "
+                f"{mc.vocab_size}{where}")
+        require(self.mask_id == mc.mask_token_id,
+                f"{self.source}: mask token id {self.mask_id} differs from the model's "
+                f"{mc.mask_token_id}{where}")
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no added special tokens (special-token text is honoured)."""
         return self.tok.encode(text, add_special_tokens=False).ids

@@ -106,6 +106,11 @@ def world(tmp_path_factory, mesh1_module):
     w["INIT"] = str(d / "init")
     checkpoint.save_model(w["INIT"], LLaDA(config.preset("tiny", dtype="float32"),
                                            rngs=nnx.Rngs(params=0)))
+    # A model whose mask token id is not the tokenizer's (vocabulary large enough).
+    tiny = config.preset("tiny", dtype="float32")
+    w["MASKCK"] = str(d / "maskck")
+    checkpoint.save_model(w["MASKCK"], LLaDA(config.preset(
+        "tiny", dtype="float32", mask_token_id=tiny.vocab_size - 1), rngs=nnx.Rngs(params=0)))
     w["RUN"] = str(d / "run")
     cfg = load_train_config("configs/dsl_small.py", _train_overrides(w))
     os.makedirs(os.path.join(w["RUN"], "checkpoints", "2"))
@@ -210,6 +215,19 @@ CASES = [
                                   "--out", "{W}/new"], "truncated safetensors file"),
     Case("overlapping offsets", ["convert", "--no-progress", "--hf", "{BAD_OVERLAP}",
                                  "--out", "{W}/new"], "overlap in data_offsets"),
+    # A tokenizer that does not fit the model would sample junk.
+    Case("sample tokenizer too large", ["sample", "--no-progress", "--ckpt", "{CK}",
+                                        "--tokenizer", "{TOK}", "--prompt", "hi",
+                                        "--sampler", "remask"],
+         "tokens do not fit the model's vocabulary 96"),
+    Case("sample tokenizer mask id differs", ["sample", "--no-progress", "--ckpt", "{MASKCK}",
+                                              "--tokenizer", "{TOK}", "--prompt", "hi",
+                                              "--sampler", "remask"],
+         "differs from the model's"),
+    Case("robustness tokenizer mask id differs", ["robustness", "--no-plot", "--ckpt",
+                                                  "{MASKCK}", "--tokenizer", "{TOK}",
+                                                  "--texts", "{TEXTS}", "--out", "{W}/rob"],
+         "differs from the model's"),
     # 3. A run resumes only with the settings it was started with.
     Case("resume with another lr", _train(**{"optimizer.lr": 0.1}),
          "optimizer.lr: 0.001 -> 0.1"),

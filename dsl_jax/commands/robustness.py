@@ -99,12 +99,15 @@ def run(args) -> int:
     require(len(names) == len(args.ckpt),
             f"--names: {len(names)} name(s) for {len(args.ckpt)} checkpoint(s)")
     require(len(set(names)) == len(names), f"--names: names must differ, got {names}")
-    vocabs = {c: checkpoint.model_config(checkpoint.read_meta(c)).vocab_size for c in args.ckpt}
+    configs = {c: checkpoint.model_config(checkpoint.read_meta(c)) for c in args.ckpt}
+    vocabs = {c: mc.vocab_size for c, mc in configs.items()}
     require(len(set(vocabs.values())) == 1,
             f"checkpoints have different vocabularies: {vocabs}")
     tok_path = args.tokenizer or storage.join(args.ckpt[0], "tokenizer.json")
     require(storage.exists(tok_path), f"no tokenizer at {tok_path}; pass --tokenizer FILE")
     tok = Tokenizer.from_file(tok_path)
+    for c, mc in configs.items():
+        tok.check_model(mc, c)
     if args.texts:
         require(args.texts.endswith((".txt", ".jsonl")),
                 f"--texts {args.texts}: expected a .txt or .jsonl file")

@@ -102,8 +102,9 @@ def run(args) -> int:
         raise UserError(msg) from None
     kind = "dsl" if args.sampler in DSL_SAMPLERS else "auto"
     why = f"sampler {args.sampler} needs them; {registry.dsl_hint()}"
-    checkpoint.read_meta(args.ckpt, kind, why)
+    meta = checkpoint.read_meta(args.ckpt, kind, why)
     tok = Tokenizer.from_file(args.tokenizer or storage.join(args.ckpt, "tokenizer.json"))
+    tok.check_model(checkpoint.model_config(meta), args.ckpt)
     if args.prompt is not None:
         texts = [args.prompt]
     else:

@@ -260,6 +260,7 @@ class _Adapter:
             from dsl_jax.sharding import make_mesh, parse_mesh
             self.mesh = make_mesh(parse_mesh(a.mesh), devices=jax.local_devices())
             run = {"dtype": a.dtype} if a.dtype else {}
+            self.tok.check_model(checkpoint.model_config(checkpoint.read_meta(a.ckpt)), a.ckpt)
             self.model = checkpoint.load(a.ckpt, self.mesh, "auto", **run)
         from dsl_jax.dsl import DSLModel
         from dsl_jax.sampling import registry

@@ -317,7 +317,8 @@ def prepare(settings: Settings):
         meta = checkpoint.read_meta(
             settings.ckpt, "dsl" if needs_dsl else "auto",
             f"sampler(s) {', '.join(needs_dsl)} need them; {registry.dsl_hint()}")
-        max_len = checkpoint.model_config(meta).max_sequence_length
+        model_cfg = checkpoint.model_config(meta)
+        max_len = model_cfg.max_sequence_length
     elif model:
         require(settings.generator, "config ckpt: no checkpoint given (--config.ckpt=DIR)")
     tok_path = settings.tokenizer or (os.path.join(settings.ckpt, "tokenizer.json")
@@ -329,6 +330,8 @@ def prepare(settings: Settings):
                 "tokenizer.json)" if tok_path
                 else "config tokenizer: no tokenizer given (--config.tokenizer=FILE)")
         tok = Tokenizer.from_file(tok_path)
+        if max_len is not None:
+            tok.check_model(model_cfg, settings.ckpt)
     loaded = {}
     for bench in B.resolve(settings.benchmarks):
         gen_length = settings.gen_length or bench.gen_length

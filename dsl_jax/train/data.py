@@ -354,12 +354,3 @@ def load_tokenizer(data_cfg, init_ckpt: str = "") -> tuple[Tokenizer, str]:
     require(bool(path), "data.tokenizer: set the LLaDA tokenizer.json "
             "(--config.data.tokenizer=PATH); init_ckpt has none")
     return Tokenizer.from_file(path), path
-
-
-def check_tokenizer(tok: Tokenizer, mc) -> None:
-    require(tok.vocab_size <= mc.vocab_size,
-            f"{tok.source}: {tok.vocab_size} tokens do not fit the model's vocabulary "
-            f"{mc.vocab_size}")
-    require(tok.mask_id == mc.mask_token_id,
-            f"{tok.source}: mask token id {tok.mask_id} differs from the model's "
-            f"{mc.mask_token_id}")

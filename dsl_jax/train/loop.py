@@ -199,7 +199,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     mc = model_config(cfg)
     M, rows, L = check_batch(cfg, mesh, mc)
     tok, tok_path = data_lib.load_tokenizer(cfg.data, cfg.init_ckpt)
-    data_lib.check_tokenizer(tok, mc)
+    tok.check_model(mc)
     host, hosts = jax.process_index(), jax.process_count()
     data = data_lib.HostStreams(cfg.data, tok, L, host, hosts)
     per_stream = data.check_rows(rows)
