@@ -580,3 +580,41 @@ def test_mixed_sweep_times_tokens_and_skips_the_model_for_lead(world, tmp_path):
         assert t["examples"] == N and t["tokens"] == N * 256  # response positions
         assert t["tokens_per_s"] == pytest.approx(t["tokens"] / t["seconds"], rel=0.01)
         assert t["tokens_per_s"] == pytest.approx(256 * t["examples_per_s"], rel=1e-4)
+
+
+def test_compilation_cache_for_the_sweep_only(tmp_path):
+    """The sweep's persistent compilation cache: OUT_DIR/.jax_cache by default, a path, or
+    off; programs compiled inside the block are stored there, none after it, and JAX's
+    setting is restored."""
+    import jax
+    import jax.numpy as jnp
+
+    from dsl_jax.configlib import load_config
+    from dsl_jax.evaluation.generation import compilation_cache
+    from dsl_jax.evaluation.sweep import Settings
+
+    def settings(**over):
+        o = {"benchmarks": "lead_only.jsonl", "samplers": "lead1", "nfe": "8",
+             "out_dir": str(tmp_path / "run"), **over}
+        (tmp_path / "lead_only.jsonl").write_text('{"document": "a b.", "summary": "a"}\n')
+        o["benchmarks"] = f"jsonl:{tmp_path / 'lead_only.jsonl'}"
+        return Settings.from_config(load_config("eval_summarization",
+                                                [f"{k}={v}" for k, v in o.items()]))
+
+    assert settings().cache_dir() == str(tmp_path / "run" / ".jax_cache")
+    assert settings(compile_cache="off").cache_dir() == ""
+    assert settings(compile_cache=str(tmp_path / "c")).cache_dir() == str(tmp_path / "c")
+
+    before = jax.config.jax_compilation_cache_dir
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    cache = tmp_path / "cache"
+    try:
+        with compilation_cache(str(cache)):
+            jax.jit(lambda x: x * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
+        stored = sorted(os.listdir(cache))
+        assert stored and jax.config.jax_compilation_cache_dir == before
+        jax.jit(lambda x: x * 5.0 - 2.0)(jnp.arange(9.0)).block_until_ready()
+        assert sorted(os.listdir(cache)) == stored  # nothing stored after the block
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)

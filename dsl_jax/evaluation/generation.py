@@ -20,8 +20,9 @@ return a ``GenerateFn`` as above. The checkpoint is then optional.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from dsl_jax.errors import UserError, require
 from dsl_jax.sampling.registry import DSL_SAMPLERS
@@ -41,6 +42,29 @@ def resolve_factory(spec: str) -> Callable:
     factory = getattr(module, attr, None)
     require(callable(factory), f"config generator: {module_name} has no callable {attr!r}")
     return factory
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str) -> Iterator[None]:
+    """JAX's persistent compilation cache in directory ``path`` (local or a bucket) for the
+    block, nothing when ``path`` is empty: the samplers compiled by one sweep are read back
+    by the next and by a resumed one instead of compiled again (which programs are stored
+    is JAX's choice: those that took at least ``jax_persistent_cache_min_compile_time_secs``
+    to compile). The previous setting is restored after the block."""
+    if not path:
+        yield
+        return
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    cc.reset_cache()  # (the cache object is made once per process otherwise)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        cc.reset_cache()
 
 
 def make_generator(settings, tok) -> GenerateFn:

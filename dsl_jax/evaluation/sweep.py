@@ -112,6 +112,9 @@ def default_config():
     c.top_k = 512  # x_hat over the top-k tokens
     c.generator = ""  # advanced: "module:factory"; factory(settings, tok) returns generate(prompts, sampler, nfe, gen_length, seed) -> id lists
     c.plots = True
+    # JAX's persistent compilation cache: "auto" is OUT_DIR/.jax_cache (a resumed or repeated
+    # sweep reuses the compiled samplers), a path (shared by sweeps), or "off"
+    c.compile_cache = "auto"
     return c
 
 
@@ -147,6 +150,15 @@ class Settings:
     top_k: int = _DEFAULTS.top_k
     generator: str = _DEFAULTS.generator
     plots: bool = _DEFAULTS.plots
+    compile_cache: str = _DEFAULTS.compile_cache
+
+    def cache_dir(self) -> str:
+        """The persistent compilation cache's directory ("" when off)."""
+        if self.compile_cache in ("off", ""):
+            return ""
+        if self.compile_cache == "auto":
+            return storage.join(self.out_dir, ".jax_cache")
+        return storage.abspath(self.compile_cache)
 
     @classmethod
     def from_config(cls, cfg) -> "Settings":
@@ -361,8 +373,16 @@ def run_sweep(settings: Settings, generate_fn: GenerateFn | None = None,
     """Run (or resume) the sweep; returns the summary rows by cell name.
 
     ``generate_fn`` replaces the model's samplers (tests); by default it is built
-    from ``settings`` only when some cell still has work.
+    from ``settings`` only when some cell still has work, and runs with JAX's persistent
+    compilation cache in ``settings.cache_dir()``.
     """
+    from dsl_jax.evaluation.generation import compilation_cache
+
+    with compilation_cache(settings.cache_dir() if generate_fn is None else ""):
+        return _run_sweep(settings, generate_fn, progress)
+
+
+def _run_sweep(settings: Settings, generate_fn: GenerateFn | None, progress: bool) -> dict:
     from dsl_jax.evaluation import metrics as M
     from dsl_jax.evaluation import report
 
