@@ -4,7 +4,6 @@ gloo collectives). The simulated-pod runs carry the slow marker."""
 
 import json
 import os
-import random
 import re
 import signal
 import sys
@@ -18,6 +17,7 @@ from flax import nnx
 from dsl_jax import cli, config, model, sharding
 from dsl_jax.errors import UserError
 from dsl_jax.launch import compile_check, distributed, pod_sim
+from test_train import make_corpus
 
 PY = (sys.executable, "-c")
 
@@ -287,29 +287,10 @@ def test_pod_sim_forward_two_processes_see_8_devices_and_agree(capsys):
         logits[0]
 
 
-WORDS = ("the cat sat on a mat and the dog ran far away in the warm sun while "
-         "small birds sang over green hills near the old river").split()
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from flax import nnx
-
-    from dsl_jax import checkpoint
-    from dsl_jax.model import LLaDA
-    from dsl_jax.tokenizer import train_small
-
-    d = tmp_path_factory.mktemp("pod")
-    r = random.Random(0)
-    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(r.randint(8, 30)))
-             for i in range(200)]
-    with open(d / "data.jsonl", "w") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}) + "\n")
-    train_small(texts, 512, str(d / "tok" / "tokenizer.json"))
-    checkpoint.save_model(str(d / "init"), LLaDA(config.preset("tiny", dtype="float32"),
-                                                 rngs=nnx.Rngs(params=7)))
-    return d
+    """A folder with data.jsonl, tok/tokenizer.json and init/ (the training tests' corpus)."""
+    return make_corpus(tmp_path_factory.mktemp("pod"))["dir"]
 
 
 def train_overrides(d, out, steps=4):

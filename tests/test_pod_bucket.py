@@ -25,7 +25,8 @@ import pytest
 from dsl_jax import checkpoint, storage
 from dsl_jax.errors import UserError
 from dsl_jax.launch import pod_sim
-from test_pod import WORDS, _children_running, corpus, train_overrides  # noqa: F401 (fixture)
+from test_pod import _children_running, corpus, train_overrides  # noqa: F401 (fixture)
+from test_train import WORDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.gcs]
 RESUMED = re.compile(r"^\[0\] .*resuming from the checkpoint of step (\d+)$")

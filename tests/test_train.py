@@ -26,9 +26,8 @@ WORDS = ("the cat sat on a mat and the dog ran far away in the warm sun while "
          "small birds sang over green hills near the old river").split()
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("train")
+def make_corpus(d) -> dict:
+    """In folder ``d``: data.jsonl, tok/tokenizer.json and a tiny LLaDA checkpoint init/."""
     r = random.Random(0)
     # Strongly patterned text so a tiny model learns it in a few dozen steps.
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(r.randint(8, 30)))
@@ -43,6 +42,11 @@ def corpus(tmp_path_factory):
     m.lm_head[...] = m.lm_head[...] * 10.0  # a head with a pretrained-like logit range (it is frozen)
     checkpoint.save_model(init, m)
     return {"dir": d, "texts": texts, "tok": tok, "init": init}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("train"))
 
 
 def cfg_for(corpus, out, **over):
