@@ -23,11 +23,14 @@ Parameter layout (logical axes in brackets, PyTorch ``Linear`` weights transpose
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dsl_jax.attention import attend
 from dsl_jax.config import ModelConfig
 from dsl_jax.errors import UserError, require
 from dsl_jax.sharding import constrain
@@ -96,23 +99,56 @@ class Blocks(nnx.Module):
             "attn_norm", "wq", "wk", "wv", "wo", "ff_norm", "w_gate", "w_up", "w_down")}
 
 
-def block_forward(x, p, cos, sin, mask, cfg: ModelConfig):
-    """One LLaDA layer on x [B, T, D] with this layer's weights ``p``."""
+class KVCache(NamedTuple):
+    """Keys (after RoPE) and values of some positions, every layer stacked, and their mask.
+
+    ``k``, ``v`` [layers, B, S, kv_heads, head_dim]; ``mask`` [B, S] bool (True: a real
+    position). The positions need not be contiguous nor ordered: attention is
+    bidirectional and each key carries its own rotary position.
+    """
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+
+    def take(self, start: int, stop: int) -> "KVCache":
+        """The positions ``start:stop`` (static ints) of the length axis."""
+        return KVCache(self.k[:, :, start:stop], self.v[:, :, start:stop],
+                       self.mask[:, start:stop])
+
+    @staticmethod
+    def concat(caches) -> "KVCache":
+        """Several caches' positions side by side (same layers and batch)."""
+        caches = list(caches)
+        return KVCache(jnp.concatenate([c.k for c in caches], axis=2),
+                       jnp.concatenate([c.v for c in caches], axis=2),
+                       jnp.concatenate([c.mask for c in caches], axis=1))
+
+
+def block_forward(x, p, cos, sin, mask, cfg: ModelConfig, cached=None):
+    """One LLaDA layer on x [B, T, D] with this layer's weights ``p``; ``mask`` [B, T] is
+    x's key mask (None: all real). ``cached`` (k [B, S, K, Dh], v, mask [B, S]) are
+    extra keys/values the queries also attend to. Returns (x, (k, v) of x's positions)."""
     dt = x.dtype
-    attention_impl = None if cfg.attention == "auto" else cfg.attention
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
     v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    a = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=attention_impl)
+    keys, values, key_mask = k, v, mask
+    if cached is not None:
+        ck, cv, cmask = cached
+        keys = jnp.concatenate([ck.astype(dt), k], axis=1)
+        values = jnp.concatenate([cv.astype(dt), v], axis=1)
+        own = jnp.ones(x.shape[:2], jnp.bool_) if mask is None else mask.astype(jnp.bool_)
+        key_mask = jnp.concatenate([cmask.astype(jnp.bool_), own], axis=1)
+    a = attend(q, keys, values, key_mask, cfg)
     x = x + jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt))
     x = constrain(x, ("batch", "length", "act_embed"))
     m = rms_norm(x, p["ff_norm"], cfg.rms_norm_eps)
     gate = jnp.einsum("btd,df->btf", m, p["w_gate"].astype(dt))
     up = jnp.einsum("btd,df->btf", m, p["w_up"].astype(dt))
     x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
-    return constrain(x, ("batch", "length", "act_embed"))
+    return constrain(x, ("batch", "length", "act_embed")), (k, v)
 
 
 class LLaDA(nnx.Module):
@@ -145,36 +181,51 @@ class LLaDA(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def hidden_states(self, x: jax.Array, attention_mask: jax.Array | None = None,
-                      positions: jax.Array | None = None) -> jax.Array:
-        """Run the layers on input embeddings x [B, T, d_model]."""
+                      positions: jax.Array | None = None, *, cache: KVCache | None = None,
+                      return_kv: bool = False):
+        """Run the layers on input embeddings x [B, T, d_model] -> [B, T, d_model].
+
+        ``cache``: keys/values of other positions (a prompt's, say) that x's positions
+        attend to as well, computed by an earlier call; ``positions`` are then x's own
+        RoPE positions. ``return_kv``: also return the :class:`KVCache` of x's positions
+        (mask: ``attention_mask`` or all True)."""
         cfg = self.cfg
         B, T = x.shape[:2]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.astype(jnp.bool_)[:, None, None, :]
+        mask = None if attention_mask is None else attention_mask.astype(jnp.bool_)
         x = constrain(x.astype(cfg.dtype), ("batch", "length", "act_embed"))
 
-        def layer(carry, p):
-            return block_forward(carry, p, cos, sin, mask, cfg), None
+        def layer(carry, xs):
+            p, cached = xs
+            carry, kv = block_forward(carry, p, cos, sin, mask, cfg, cached)
+            return carry, (kv if return_kv else None)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT[cfg.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(layer, x, self.blocks.weights())
-        return x
+        cached = None if cache is None else (cache.k, cache.v,
+                                             jnp.broadcast_to(cache.mask, (cfg.n_layers,)
+                                                              + cache.mask.shape))
+        x, kv = jax.lax.scan(layer, x, (self.blocks.weights(), cached))
+        if not return_kv:
+            return x
+        own = jnp.ones((B, T), jnp.bool_) if mask is None else mask
+        return x, KVCache(kv[0], kv[1], own)
 
     # -- the forward --------------------------------------------------------------
 
     def __call__(self, ids: jax.Array | None = None, *, inputs_embeds: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
-                 return_hidden: bool = False) -> jax.Array:
+                 return_hidden: bool = False, cache: KVCache | None = None,
+                 return_kv: bool = False):
         """Logits [B, T, vocab] (float32), or hidden states with ``return_hidden``.
 
         ``attention_mask`` [B, T] is a key-padding mask: True (or 1) for real tokens.
         ``positions`` [B, T] are the RoPE positions (default 0..T-1); with left padding,
         pass ``cumsum(mask) - 1`` so each row's real tokens sit at 0, 1, ...
+        ``cache`` / ``return_kv``: see :meth:`hidden_states` (with ``return_kv`` the result
+        is a pair (logits or hidden, :class:`KVCache`)).
         """
         require((ids is None) != (inputs_embeds is None),
                 "LLaDA: pass exactly one of ids or inputs_embeds")
@@ -191,8 +242,10 @@ class LLaDA(nnx.Module):
             require(tuple(attention_mask.shape) == tuple(x.shape[:2]),
                     f"LLaDA: attention_mask shape {list(attention_mask.shape)} does not match "
                     f"the input's [batch, length] {list(x.shape[:2])}")
-        h = self.hidden_states(x, attention_mask, positions)
-        return h if return_hidden else self.head(h)
+        out = self.hidden_states(x, attention_mask, positions, cache=cache, return_kv=return_kv)
+        h, kv = out if return_kv else (out, None)
+        h = h if return_hidden else self.head(h)
+        return (h, kv) if return_kv else h
 
 
 def check_length(length: int, cfg: ModelConfig) -> None:

@@ -21,7 +21,7 @@ LAYERS = [
     ("dsl_jax.errors", "dsl_jax.storage", "dsl_jax.textfiles", "dsl_jax.reports"),
     ("dsl_jax.config", "dsl_jax.configlib", "dsl_jax.tokenizer", "dsl_jax.tfds_data"),
     ("dsl_jax.sharding",),
-    ("dsl_jax.model",),
+    ("dsl_jax.attention", "dsl_jax.model"),
     ("dsl_jax.dsl",),
     ("dsl_jax.checkpoint",),
     ("dsl_jax.losses",),
