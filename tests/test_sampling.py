@@ -625,18 +625,31 @@ def test_sweep_knob_fields():
     """The eval config's knob fields: defaults give no knob away from the paper's (old cell
     fingerprints stay valid), set ones reach the DSL samplers only, bad ones are one line."""
     from dsl_jax.evaluation import sweep
-    from dsl_jax.sampling.registry import KNOB_DEFAULTS
+    from dsl_jax.sampling.registry import DSL_KNOBS, KNOB_DEFAULTS, REMASK_KNOBS
 
     s = sweep.Settings.from_config({"samplers": "sde,ode,remask"})
-    assert s.dsl_knobs("sde") == {k: v for k, v in KNOB_DEFAULTS.items() if k != "noise_scale"}
-    assert s.changed_knobs("sde") == {} and s.dsl_knobs("remask") == {}
+    assert s.knobs("sde") == {k: v for k, v in KNOB_DEFAULTS.items() if k in DSL_KNOBS
+                              and k != "noise_scale"}
+    assert s.changed_knobs("sde") == {} and s.changed_knobs("remask") == {}
+    assert s.knobs("remask") == {k: v for k, v in KNOB_DEFAULTS.items() if k in REMASK_KNOBS}
     s = sweep.Settings.from_config({"samplers": "sde,ode,remask", "noise_scale": "0.02",
                                     "top_k": "64", "snr_grid": "loglinear"})
     assert s.changed_knobs("sde") == {"noise_scale": 0.02, "top_k": 64, "snr_grid": "loglinear"}
     assert s.changed_knobs("ode") == {"top_k": 64, "snr_grid": "loglinear"}
-    assert s.dsl_knobs("remask") == {}
+    assert s.changed_knobs("remask") == {}
+    s = sweep.Settings.from_config({"samplers": "sde,remask", "threshold": "0.9",
+                                    "remask_cache": "dual", "cache_refresh": "4"})
+    assert s.changed_knobs("remask") == {"threshold": 0.9, "remask_cache": "dual"}
+    assert s.changed_knobs("sde") == {"cache_refresh": 4}
     for bad, msg in [({"s_min": "9"}, "config s_min must be below 7 on the sensitive grid"),
                      ({"noise_scale": "lots"}, "config noise_scale: expected a number"),
-                     ({"beta_scale": "0"}, "config beta_scale must be a positive number")]:
+                     ({"beta_scale": "0"}, "config beta_scale must be a positive number"),
+                     ({"threshold": "high"}, "config threshold: expected a number"),
+                     ({"samplers": "remask", "threshold": "1.5"},
+                      "config threshold must be a number in"),
+                     ({"samplers": "remask", "remask_cache": "all"},
+                      "config remask_cache must be one of"),
+                     ({"cache_refresh": "-1"}, "config cache_refresh must be an integer >= 0")]:
         with pytest.raises(UserError, match=msg):
-            sweep.Settings.from_config({"samplers": "sde", **bad})
+            sweep.Settings.from_config({"samplers": "sde", **bad} if "samplers" not in bad
+                                       else bad)

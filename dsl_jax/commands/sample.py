@@ -92,12 +92,12 @@ def run(args) -> int:
     registry.get(args.sampler).check(args.nfe, args.gen_length)  # NFE, eos_block's block plan
     require(args.batch_size is None or args.batch_size > 0,
             f"--batch-size must be positive, got {args.batch_size}")
-    knobs = {k: getattr(args, k) for k in registry.DSL_KNOBS if getattr(args, k) is not None}
+    knobs = {k: getattr(args, k) for k in registry.KNOBS if getattr(args, k, None) is not None}
     try:
         registry.check_knobs(args.sampler, **knobs)
     except UserError as e:  # the flag's name, not the field's
         msg = str(e)
-        for name in registry.DSL_KNOBS:
+        for name in registry.KNOBS:
             msg = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), msg)
         raise UserError(msg) from None
     kind = "dsl" if args.sampler in DSL_SAMPLERS else "auto"

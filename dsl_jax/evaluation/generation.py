@@ -6,7 +6,7 @@
 
     generate(prompts, sampler, nfe, gen_length, seed) -> list[list[int]]
 
-(the DSL samplers run with the settings' knobs, ``Settings.dsl_knobs``; with
+(the DSL samplers run with the settings' knobs, ``Settings.knobs``; with
 ``settings.shared_seed`` the sweep passes its ``seed`` for every batch, and every
 prompt's draws come from that seed alone).
 
@@ -95,6 +95,6 @@ def make_generator(settings, tok) -> GenerateFn:
         return sampling.generate(model, [list(map(int, p)) for p in prompts], sampler=sampler,
                                  nfe=int(nfe), gen_length=int(gen_length), seed=int(seed),
                                  batch_size=max(len(prompts), int(settings.batch_size)), mesh=mesh,
-                                 shared_seed=settings.shared_seed, **settings.dsl_knobs(sampler))
+                                 shared_seed=settings.shared_seed, **settings.knobs(sampler))
 
     return generate

@@ -110,6 +110,13 @@ def default_config():
     c.beta_scale = 2.0  # beta_infer = beta_scale x beta
     c.noise_scale = ""  # sde's noise scale; empty: by NFE (0.1 up to 8, 0.05 up to 16, 0.01 up to 32, else 0.005)
     c.top_k = 512  # x_hat over the top-k tokens
+    c.cache_refresh = 1  # the prompt's keys/values recomputed every k Heun steps (1: exact; 0: once)
+    # The remasking samplers' knobs (remask/random/eos_block), LLaDA's by default:
+    c.block_length = 0  # 0: the sampler's own (one block; eos_block 32)
+    c.remask_cache = "none"  # Fast-dLLM's caches: none, prefix or dual
+    c.threshold = ""  # commit every masked position above this confidence (>= 1 a step); empty: off
+    c.cfg_scale = 0.0  # unsupervised classifier-free guidance (0: off)
+    c.confidence_eos_eot_inf = False  # EOS/EoT candidates never win a step's commit
     c.generator = ""  # advanced: "module:factory"; factory(settings, tok) returns generate(prompts, sampler, nfe, gen_length, seed) -> id lists
     c.plots = True
     # JAX's persistent compilation cache: "auto" is OUT_DIR/.jax_cache (a resumed or repeated
@@ -148,6 +155,12 @@ class Settings:
     beta_scale: float = _DEFAULTS.beta_scale
     noise_scale: str = _DEFAULTS.noise_scale
     top_k: int = _DEFAULTS.top_k
+    cache_refresh: int = _DEFAULTS.cache_refresh
+    block_length: int = _DEFAULTS.block_length
+    remask_cache: str = _DEFAULTS.remask_cache
+    threshold: str = _DEFAULTS.threshold
+    cfg_scale: float = _DEFAULTS.cfg_scale
+    confidence_eos_eot_inf: bool = _DEFAULTS.confidence_eos_eot_inf
     generator: str = _DEFAULTS.generator
     plots: bool = _DEFAULTS.plots
     compile_cache: str = _DEFAULTS.compile_cache
@@ -198,37 +211,44 @@ class Settings:
         require(s.batch_size > 0, f"config batch_size: must be positive, got {s.batch_size}")
         require(s.gen_length >= 0, f"config gen_length: must be positive (or 0 for the "
                 f"benchmark's), got {s.gen_length}")
-        if s.noise_scale.strip():
-            try:
-                float(s.noise_scale)
-            except ValueError:
-                raise UserError(f"config noise_scale: expected a number (or empty: by NFE), got "
-                                f"{s.noise_scale!r}") from None
-        from dsl_jax.sampling import registry
-        for sampler in s.samplers:  # a knob out of range: one line naming the config key
-            if sampler in DSL_SAMPLERS:
+        for name, what in (("noise_scale", "by NFE"), ("threshold", "off")):
+            if getattr(s, name).strip():
                 try:
-                    registry.check_knobs(sampler, **s.dsl_knobs(sampler))
-                except UserError as e:
-                    raise UserError(f"config {e}") from None
+                    float(getattr(s, name))
+                except ValueError:
+                    raise UserError(f"config {name}: expected a number (or empty: {what}), got "
+                                    f"{getattr(s, name)!r}") from None
+        from dsl_jax.sampling import registry
+        for sampler in s.model_samplers:  # a knob out of range: one line naming the config key
+            try:
+                registry.check_knobs(sampler, **s.knobs(sampler))
+            except UserError as e:
+                raise UserError(f"config {e}") from None
         return s
 
-    def dsl_knobs(self, sampler: str) -> dict:
-        """The DSL knobs for ``dsl_jax.sampling.generate`` when ``sampler`` uses them (the
-        noise scale: ``sde`` only, when set), else none."""
-        if sampler not in DSL_SAMPLERS:
+    def knobs(self, sampler: str) -> dict:
+        """The knobs ``sampler`` uses, for ``dsl_jax.sampling.generate``: the DSL knobs for
+        the DSL samplers (the noise scale: ``sde`` only, when set), the remasking knobs for
+        the others."""
+        if lead_k(sampler):
             return {}
+        if sampler not in DSL_SAMPLERS:
+            return {"block_length": self.block_length or None, "remask_cache": self.remask_cache,
+                    "threshold": float(self.threshold) if self.threshold.strip() else None,
+                    "cfg_scale": self.cfg_scale,
+                    "confidence_eos_eot_inf": self.confidence_eos_eot_inf}
         knobs = {"snr_grid": self.snr_grid, "s_min": self.s_min, "s_max": self.s_max,
-                 "beta_scale": self.beta_scale, "top_k": self.top_k}
+                 "beta_scale": self.beta_scale, "top_k": self.top_k,
+                 "cache_refresh": self.cache_refresh}
         if sampler == "sde" and self.noise_scale.strip():
             knobs["noise_scale"] = float(self.noise_scale)
         return knobs
 
     def changed_knobs(self, sampler: str) -> dict:
-        """The DSL knobs of ``sampler`` away from their defaults (a cell's fingerprint holds
+        """The knobs of ``sampler`` away from their defaults (a cell's fingerprint holds
         these only, so runs of earlier versions keep theirs)."""
         from dsl_jax.sampling.registry import KNOB_DEFAULTS
-        return {k: v for k, v in self.dsl_knobs(sampler).items() if v != KNOB_DEFAULTS[k]}
+        return {k: v for k, v in self.knobs(sampler).items() if v != KNOB_DEFAULTS[k]}
 
     def draw(self, bench) -> tuple[int, int]:
         """(examples, source words) for ``bench``: the config's where set, else the benchmark's."""

@@ -106,7 +106,9 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
              bucket: int = batching.BUCKET, shared_seed: bool = False,
              beta_scale: float = BETA_INFER_SCALE, noise_scale: float | None = None,
              s_min: float = schedules.SNR_MIN, s_max: float = schedules.SNR_MAX,
-             top_k: int = TOP_K) -> list[list[int]]:
+             top_k: int = TOP_K, cache_refresh: int = 1, block_length: int | None = None,
+             remask_cache: str = "none", threshold: float | None = None,
+             cfg_scale: float = 0.0, confidence_eos_eot_inf: bool = False) -> list[list[int]]:
     """Response token ids (``gen_length`` per prompt) for chat-templated ``prompts``.
 
     ``model``: a DSLModel (``sde``/``ode``/``pf_ode``), a LLaDA or a DSLModel (its ``.llada``
@@ -120,11 +122,22 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
     The DSL samplers' knobs (defaults: the paper's; set on another sampler: an error):
     ``snr_grid`` (sensitive / loglinear) from ``s_min`` to ``s_max``, ``beta_scale``
     (beta_infer = beta_scale x beta), ``top_k`` (x_hat's top-k), ``noise_scale`` (``sde``
-    only; None: by NFE, :func:`schedules.noise_scale`).
+    only; None: by NFE, :func:`schedules.noise_scale`), ``cache_refresh`` (the prompt's
+    keys/values recomputed every k Heun steps; 1: every pass, exact; 0: once).
+    The remasking samplers' knobs (defaults: LLaDA's): ``block_length`` (None: the
+    sampler's own), ``remask_cache`` (none / prefix / dual), ``threshold`` (commit every
+    masked position whose confidence exceeds it, at least one a step), ``cfg_scale``
+    (unsupervised classifier-free guidance), ``confidence_eos_eot_inf``.
     """
     check_request(model, prompts, sampler, nfe, gen_length, seeds, shared_seed)
-    registry.check_knobs(sampler, snr_grid=snr_grid, beta_scale=beta_scale,
-                         noise_scale=noise_scale, s_min=s_min, s_max=s_max, top_k=top_k)
+    knobs = dict(snr_grid=snr_grid, beta_scale=beta_scale,
+                 noise_scale=None if noise_scale is None else float(noise_scale),
+                 s_min=float(s_min), s_max=float(s_max), top_k=top_k,
+                 cache_refresh=cache_refresh, block_length=block_length,
+                 remask_cache=remask_cache,
+                 threshold=None if threshold is None else float(threshold),
+                 cfg_scale=float(cfg_scale), confidence_eos_eot_inf=confidence_eos_eot_inf)
+    registry.check_knobs(sampler, **knobs)
     require(temperature >= 0, f"temperature must be >= 0, got {temperature}")
     if not prompts:
         return []
@@ -147,9 +160,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
     require(batch_size > 0, f"batch_size must be positive, got {batch_size}")
     dp = batching.batch_devices(mesh)
     rows = -(-batch_size // dp) * dp
-    request = Request(int(nfe), int(gen_length), snr_grid, float(temperature), float(beta_scale),
-                      None if noise_scale is None else float(noise_scale), float(s_min),
-                      float(s_max), int(top_k))
+    knobs["beta_scale"] = float(beta_scale)
+    request = Request(int(nfe), int(gen_length), temperature=float(temperature), **knobs)
     fn = _jitted(graphdef, state, mesh, sampler, request)
     keys = [batching.row_key(seed, i, seeds, shared_seed) for i in range(n)]
     chunks = [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]

@@ -31,33 +31,51 @@ class Request:
     s_min: float = schedules.SNR_MIN  # the grid's first SNR
     s_max: float = schedules.SNR_MAX  # the grid's last SNR (sensitive: of its third segment)
     top_k: int = sde.TOP_K  # x_hat over the top-k probabilities
+    cache_refresh: int = 1  # prompt keys/values refreshed every k Heun steps (1: exact, 0: once)
+    # The remasking samplers' knobs (docs/method.md section 3); the defaults are LLaDA's.
+    block_length: int | None = None  # None: the sampler's own (one block; eos_block: 32)
+    remask_cache: str = "none"  # none / prefix / dual (Fast-dLLM's caches)
+    threshold: float | None = None  # commit every masked position above it (>= 1 a step)
+    cfg_scale: float = 0.0  # unsupervised classifier-free guidance (0: off)
+    confidence_eos_eot_inf: bool = False  # EOS/EoT candidates never win a step's commit
+
+    def knobs(self) -> dict:
+        """The sampler knobs (:data:`KNOBS`) of this request."""
+        return {k: getattr(self, k) for k in KNOBS}
 
     def check(self, sampler: str) -> None:
         """One clear line for a knob out of range or one the sampler does not use."""
-        check_knobs(sampler, snr_grid=self.snr_grid, beta_scale=self.beta_scale,
-                    noise_scale=self.noise_scale, s_min=self.s_min, s_max=self.s_max,
-                    top_k=self.top_k)
+        check_knobs(sampler, **self.knobs())
 
 
-DSL_KNOBS = ("snr_grid", "beta_scale", "noise_scale", "s_min", "s_max", "top_k")
-KNOB_DEFAULTS = {k: f.default for f in dataclasses.fields(Request) for k in DSL_KNOBS
-                 if f.name == k}
+DSL_KNOBS = ("snr_grid", "beta_scale", "noise_scale", "s_min", "s_max", "top_k", "cache_refresh")
+REMASK_KNOBS = ("block_length", "remask_cache", "threshold", "cfg_scale",
+                "confidence_eos_eot_inf")
+KNOBS = DSL_KNOBS + REMASK_KNOBS
+KNOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Request) if f.name in KNOBS}
+REMASK_CACHES = ("none", "prefix", "dual")
 
 
 def _finite(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def check_knobs(sampler: str, **knobs) -> None:
-    """One clear line for a DSL knob (:data:`DSL_KNOBS`, defaults :data:`KNOB_DEFAULTS`) out of
-    range, or set away from its default for a sampler that does not use it (``noise_scale``:
-    ``sde`` only; the others: the DSL samplers)."""
+    """One clear line for a sampler knob (:data:`KNOBS`, defaults :data:`KNOB_DEFAULTS`) out
+    of range, or set away from its default for a sampler that does not use it
+    (:data:`DSL_KNOBS`: the DSL samplers, ``noise_scale`` ``sde`` only;
+    :data:`REMASK_KNOBS`: the remasking samplers)."""
     spec = get(sampler)
     k = {**KNOB_DEFAULTS, **knobs}
-    require(set(knobs) <= set(DSL_KNOBS), f"unknown sampler option(s) {sorted(set(knobs) - set(DSL_KNOBS))}")
-    if not spec.needs_dsl:
-        changed = [n for n in DSL_KNOBS if k[n] != KNOB_DEFAULTS[n]]
-        require(not changed, f"{', '.join(changed)}: DSL-sampler option(s), not used by {sampler}")
+    require(set(knobs) <= set(KNOBS), f"unknown sampler option(s) {sorted(set(knobs) - set(KNOBS))}")
+    foreign = REMASK_KNOBS if spec.needs_dsl else DSL_KNOBS
+    changed = [n for n in foreign if k[n] != KNOB_DEFAULTS[n]]
+    kind = "DSL-sampler" if not spec.needs_dsl else "remasking-sampler"
+    require(not changed, f"{', '.join(changed)}: {kind} option(s), not used by {sampler}")
     require(k["snr_grid"] in schedules.SNR_GRIDS,
             f"snr_grid must be one of {schedules.SNR_GRIDS}, got {k['snr_grid']!r}")
     require(_finite(k["beta_scale"]) and k["beta_scale"] > 0,
@@ -78,8 +96,22 @@ def check_knobs(sampler: str, **knobs) -> None:
         require(s_max > hi, f"s_max must be above {hi:g} on the sensitive grid (its last "
                 f"segment runs {hi:g} -> s_max), got {s_max}")
     top_k = k["top_k"]
-    require(isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1,
-            f"top_k must be an integer >= 1, got {top_k!r}")
+    require(_int(top_k) and top_k >= 1, f"top_k must be an integer >= 1, got {top_k!r}")
+    require(_int(k["cache_refresh"]) and k["cache_refresh"] >= 0,
+            f"cache_refresh must be an integer >= 0 (1: exact, 0: never refreshed), got "
+            f"{k['cache_refresh']!r}")
+    bl = k["block_length"]
+    require(bl is None or (_int(bl) and bl >= 1),
+            f"block_length must be an integer >= 1, got {bl!r}")
+    require(k["remask_cache"] in REMASK_CACHES,
+            f"remask_cache must be one of {REMASK_CACHES}, got {k['remask_cache']!r}")
+    th = k["threshold"]
+    require(th is None or (_finite(th) and 0 < th <= 1),
+            f"threshold must be a number in (0, 1], got {th!r}")
+    require(_finite(k["cfg_scale"]) and k["cfg_scale"] >= 0,
+            f"cfg_scale must be a number >= 0, got {k['cfg_scale']!r}")
+    require(isinstance(k["confidence_eos_eot_inf"], bool),
+            f"confidence_eos_eot_inf must be true or false, got {k['confidence_eos_eot_inf']!r}")
 
 
 @dataclasses.dataclass(frozen=True)
