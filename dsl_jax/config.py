@@ -22,7 +22,7 @@ END_HEADER_ID = 126347
 EOT_ID = 126348
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -45,7 +45,7 @@ class ModelConfig:
     dtype: str = "bfloat16"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of the parameters
     remat: str = "full"  # rematerialisation policy of one scanned layer
-    attention: str = "auto"  # jax.nn.dot_product_attention implementation
+    attention: str = "auto"  # attention kernel (dsl_jax/attention.py): auto, xla, cudnn, splash
 
     def __post_init__(self):
         self.validate()
@@ -116,6 +116,16 @@ class ModelConfig:
         }
         for key, (want, got) in unsupported.items():
             require(got == want, f"{source}: {key}={got!r} is not supported (LLaDA uses {want!r})")
+        for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "max_sequence_length",
+                    "embedding_size", "vocab_size", "mlp_hidden_size", "mask_token_id",
+                    "eos_token_id", "pad_token_id"):
+            value = hf.get(key)
+            require(value is None or (isinstance(value, int) and not isinstance(value, bool)),
+                    f"{source}: {key} must be an integer, got {value!r}")
+        for key in ("rope_theta", "rms_norm_eps", "mlp_ratio"):
+            value = hf.get(key)
+            require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+                    f"{source}: {key} must be a number, got {value!r}")
         vocab = hf.get("embedding_size") or hf.get("vocab_size")
         if "embedding_size" in hf and "vocab_size" in hf and hf["vocab_size"] is not None:
             require(hf["vocab_size"] <= hf["embedding_size"],

@@ -1,8 +1,9 @@
 """LLaDA, the masked-diffusion transformer, in Flax NNX (docs/method.md section 1).
 
 A Llama-style block with bidirectional attention: RMSNorm (float32 island), q/k/v
-projections, half-split RoPE in float32, ``jax.nn.dot_product_attention`` with an
-optional key-padding mask, output projection, SwiGLU MLP, untied LM head, no
+projections, half-split RoPE in float32, attention with an optional key-padding mask
+(:func:`dsl_jax.attention.attend`: XLA/cuDNN, or the Pallas splash kernel on TPU, as
+``cfg.attention`` says; keys may include a :class:`KVCache`), output projection, SwiGLU MLP, untied LM head, no
 biases. The layers' weights are stacked on a leading ``layers`` axis and run by
 ``jax.lax.scan`` with a configurable rematerialisation policy.
 

@@ -36,6 +36,13 @@ estimate errs low; both are estimates, not measurements. Model FLOPs (for MFU) a
 the usual analytic count: 2 (forward) or 6 (trained) x matmul parameters x tokens,
 plus attention, frozen weights at 4 (forward and input gradient), no
 rematerialisation.
+
+Attention. On a TPU topology the model's ``attention="auto"`` is the Pallas splash kernel
+(``--attention xla`` compiles XLA's attention instead, to compare). XLA's cost model counts
+no FLOPs for such a custom kernel, so its matmul FLOPs are counted apart from the
+jaxpr (each kernel body's matmuls times its grid, with loop trip counts; per device inside
+the ``shard_map``) and added to the step estimate at the chip's peak FLOP/s: an optimistic
+time for the kernel, reported on its own line.
 """
 
 from __future__ import annotations
@@ -151,14 +158,16 @@ def _parse_topology(name: str) -> Topology:
                                 f"{', '.join(map(str, SHAPES_2D))} (or give a raw name such as "
                                 f"{gen.libtpu}:4x4)")
         return Topology(name, gen, SHAPES_2D[n])
-    m = re.fullmatch(r"([a-z0-9]+)[:=_](\d+(?:x\d+)*)(_twisted|_untwisted)?", text)
+    m = re.fullmatch(r"([a-z0-9]+)[:=_](-?\d+(?:x-?\d+)*)(_twisted|_untwisted)?", text)
     require(m is not None, unknown)
     gen = GENERATIONS.get(ALIASES.get(m.group(1), m.group(1)))
     require(gen is not None, unknown)
     shape = tuple(int(x) for x in m.group(2).split("x"))
-    require(len(shape) == gen.dims and all(s > 0 for s in shape),
-            f"{name}: a {gen.name} topology has {gen.dims} dimensions, e.g. "
-            f"{gen.libtpu}:{'x'.join(['2'] * gen.dims)}")
+    example = f"{gen.libtpu}:{'x'.join(['2'] * gen.dims)}"
+    require(len(shape) == gen.dims,
+            f"{name}: a {gen.name} topology has {gen.dims} dimensions, e.g. {example}")
+    require(all(s > 0 for s in shape),
+            f"{name}: every dimension must be a positive number of chips, e.g. {example}")
     return Topology(name, gen, shape, m.group(3) or "")
 
 
@@ -244,6 +253,8 @@ def jaxpr_matmul_flops(jaxpr) -> tuple[float, float, list[int]]:
             full += f
             once += f
             continue
+        if name == "pallas_call":  # a custom kernel: counted apart (jaxpr_kernel_flops)
+            continue
         subs = [j for v in eqn.params.values() for j in _subjaxprs(v)]
         if not subs:
             continue
@@ -263,6 +274,37 @@ def jaxpr_matmul_flops(jaxpr) -> tuple[float, float, list[int]]:
             once += c[1]
             trips += c[2]
     return full, once, trips
+
+
+def jaxpr_kernel_flops(jaxpr, chips: int, _per_device: bool = False) -> tuple[float, int]:
+    """(matmul FLOPs per chip, calls) of the Pallas kernels (``pallas_call``, e.g. the
+    splash attention) in ``jaxpr``, with loop trip counts: each kernel body's dot_general
+    FLOPs (its own loops and conditionals counted as :func:`jaxpr_matmul_flops` does) times
+    its grid size. A kernel inside a ``shard_map`` is per device; one outside it counts
+    for all ``chips``. XLA's cost model counts no FLOPs for a custom kernel."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    flops, calls = 0.0, 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "pallas_call":
+            body = jaxpr_matmul_flops(eqn.params["jaxpr"])[0]
+            grid = math.prod(eqn.params["grid_mapping"].grid)
+            flops += body * grid / (1 if _per_device else chips)
+            calls += 1
+            continue
+        subs = [j for v in eqn.params.values() for j in _subjaxprs(v)]
+        inner = _per_device or name == "shard_map"
+        counts = [jaxpr_kernel_flops(j, chips, inner) for j in subs]
+        if not counts:
+            continue
+        if name == "cond":
+            flops += max(c[0] for c in counts)
+            calls += max(c[1] for c in counts)
+            continue
+        mult = int(eqn.params["length"]) if name == "scan" else 1
+        flops += mult * sum(c[0] for c in counts)
+        calls += mult * sum(c[1] for c in counts)
+    return flops, calls
 
 
 def forward_model_flops(mc, tokens: int, length: int) -> float:
@@ -319,7 +361,7 @@ def check(topology: Topology, what: str, *, mesh: str | None, cfg=None, config_n
           overrides=(), model: str = "", batch: int = 0, length: int | None = None,
           dtype: str | None = None, param_dtype: str | None = None,
           progress: bool = True, gen_length: int = 256, nfe: int = 16,
-          noise_dim: int = 100) -> dict:
+          noise_dim: int = 100, attention: str | None = None) -> dict:
     """Compile ``what`` for ``topology`` on compile-only devices and return its figures
     (:func:`analyse`), or ``{"topology", "fits": False, "error"}`` when the TPU compiler
     refuses it for lack of HBM. ``what`` is "forward" (``model`` on ``batch`` x ``length``
@@ -336,10 +378,11 @@ def check(topology: Topology, what: str, *, mesh: str | None, cfg=None, config_n
         devices = topology_devices(topology)
         _stage(bar, "abstract state")
         if what == "forward":
-            traced, info = _trace_forward(devices, mesh, model, batch, length, dtype, param_dtype)
+            traced, info = _trace_forward(devices, mesh, model, batch, length, dtype, param_dtype,
+                                          attention)
         elif what == "sample":
             traced, info = _trace_sample(devices, mesh, model, batch, length, gen_length, nfe,
-                                         noise_dim, dtype, param_dtype)
+                                         noise_dim, dtype, param_dtype, attention)
         else:
             traced, info = _trace_train(devices, mesh, cfg, config_name, overrides)
         _stage(bar, "lower")
@@ -368,13 +411,15 @@ def _mesh(spec: str, devices):
 
 
 def _trace_forward(devices, mesh_spec: str | None, model_name: str, batch: int,
-                   length: int | None, dtype: str | None, param_dtype: str | None):
+                   length: int | None, dtype: str | None, param_dtype: str | None,
+                   attention: str | None = None):
     import jax
     import jax.numpy as jnp
 
     from dsl_jax import config, model, sharding
 
-    run_fields = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    run_fields = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype),
+                                    ("attention", attention)) if v}
     mc = config.resolve(model_name, **run_fields)
     length = length or min(mc.max_sequence_length, 4096)
     model.check_length(length, mc)
@@ -398,7 +443,7 @@ def _trace_forward(devices, mesh_spec: str | None, model_name: str, batch: int,
 
 def _trace_sample(devices, mesh_spec: str | None, model_name: str, batch: int,
                   prompt_length: int | None, gen_length: int, nfe: int, noise_dim: int,
-                  dtype: str | None, param_dtype: str | None):
+                  dtype: str | None, param_dtype: str | None, attention: str | None = None):
     """One jitted DSL-SDE batch (``dsl_jax.sampling``'s function: the whole Heun loop) on
     ``batch`` left-padded prompts of ``prompt_length`` + ``gen_length`` response positions."""
     import jax
@@ -408,7 +453,8 @@ def _trace_sample(devices, mesh_spec: str | None, model_name: str, batch: int,
     from dsl_jax import config, dsl, model, sharding
     from dsl_jax.sampling import registry
 
-    run_fields = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    run_fields = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype),
+                                    ("attention", attention)) if v}
     mc = config.resolve(model_name, **run_fields)
     P = prompt_length or 2048
     model.check_length(P + gen_length, mc)
@@ -495,8 +541,12 @@ def analyse(compiled, traced, topology: Topology, info: dict, compile_s: float) 
     loop_factor = full / once if once else 1.0
     c_flops = float(cost.get("flops", 0.0))
     c_seconds = float(cost.get("optimal_seconds", 0.0))
+    # Custom kernels (splash attention) are outside XLA's cost model: their matmul FLOPs
+    # at the chip's peak are added to the step estimate.
+    k_flops, k_calls = jaxpr_kernel_flops(traced.jaxpr, chips)
+    k_seconds = k_flops / gen.peak_flops
     # v4's cost model has been seen returning a negative optimal time: no estimate then.
-    step_s = c_seconds * loop_factor if c_seconds > 0 else None
+    step_s = c_seconds * loop_factor + k_seconds if c_seconds > 0 else None
     mc = info["model_cfg"]
     mesh = info["mesh"]
     mfu = info["model_flops"] / (chips * gen.peak_flops * step_s) if step_s else None
@@ -519,7 +569,9 @@ def analyse(compiled, traced, topology: Topology, info: dict, compile_s: float) 
         # XLA's flops for a bf16 program on megacore chips came out at about half the jaxpr
         # count of the same (loop-once) program: kept for reference, not used.
         "compiler_flops_x_chips_over_jaxpr_once": c_flops * chips / once if once else None,
-        "estimate": {"matmul_flops_per_chip": full / chips, "step_seconds": step_s},
+        "attention": {"kernel": "splash" if k_calls else "xla", "kernel_calls": k_calls,
+                      "kernel_matmul_flops_per_chip": k_flops, "kernel_seconds": k_seconds},
+        "estimate": {"matmul_flops_per_chip": full / chips + k_flops, "step_seconds": step_s},
         "model_flops": info["model_flops"], "model_flops_formula": info["flops_formula"],
         "mfu": mfu,
         **({"forward_passes": info["forward_passes"],

@@ -211,7 +211,18 @@ def test_compile_check_tiny_forward_fits(tmp_path, capsys):
     params_bytes = 4 * config.preset("tiny").num_params()
     assert params_bytes / 4 <= m["arguments"] < 0.75 * params_bytes
     assert f["jaxpr_matmul_flops"]["loop_trip_counts"] == [2]  # the two scanned layers
-    assert f["jaxpr_matmul_flops"]["with_trip_counts"] == pytest.approx(f["model_flops"])
+    # Attention runs in the Pallas splash kernel (auto on TPU): outside XLA's matmuls, its
+    # FLOPs counted over its grid, on lengths padded to its 128-blocks (64 -> 128).
+    mc = config.preset("tiny")
+    tokens, L, d = 8 * 64, mc.n_layers, mc.d_model
+    assert f["jaxpr_matmul_flops"]["with_trip_counts"] == pytest.approx(
+        f["model_flops"] - 4 * L * 64 * d * tokens)
+    a = f["attention"]
+    assert a["kernel"] == "splash" and a["kernel_calls"] == L
+    assert a["kernel_matmul_flops_per_chip"] * 4 == pytest.approx(
+        4 * 8 * mc.n_heads * 128 * 128 * mc.head_dim * L)
+    assert a["kernel_seconds"] == pytest.approx(a["kernel_matmul_flops_per_chip"] / 459e12)
+    assert "attention: Pallas splash kernel, 2 calls" in out
     assert f["compiler"]["flops"] > 0 and f["compiler"]["optimal_seconds"] > 0
     assert 0 < f["mfu"] < 1
     # v4's cost model can return a negative optimal time: then no step or MFU estimate.
@@ -237,8 +248,11 @@ def test_compile_check_tiny_train_for_two_slices(tmp_path, capsys):
     # The global batch (16 x 64 int32 ids) is split over all 8 chips of the two slices.
     assert f["tokens_per_step"] == 16 * 64
     # FLOPs per chip are over the chips of both slices.
+    # The splash kernels (forward and backward) are counted apart, per chip.
+    assert f["attention"]["kernel"] == "splash" and f["attention"]["kernel_calls"] > 0
     assert f["estimate"]["matmul_flops_per_chip"] == pytest.approx(
-        f["jaxpr_matmul_flops"]["with_trip_counts"] / 8)
+        f["jaxpr_matmul_flops"]["with_trip_counts"] / 8
+        + f["attention"]["kernel_matmul_flops_per_chip"])
 
 
 def test_compile_check_8b_on_one_v5e_chip_does_not_fit(tmp_path, capsys):
@@ -259,6 +273,7 @@ def test_compile_check_8b_on_one_v5e_chip_does_not_fit(tmp_path, capsys):
     (["--model", "tiny", "--topology", "v5p-8", "--batch", "3"], "does not divide over the mesh"),
     (["--model", "tiny", "--length", "100000"], "exceeds the model's maximum"),
     (["--what", "train"], "needs --config"),
+    (["--config", "configs/dsl_llada_8b.py", "--attention", "xla"], "--attention is for"),
     (["--config.global_batch=8"], "need --config"),
     (["--config", "configs/dsl_llada_8b.py", "--config.nope=1"], "unknown config key 'nope'"),
     (["--config", "configs/dsl_llada_8b.py", "--config.global_batch=12"],
@@ -293,5 +308,22 @@ def test_compile_check_tiny_sample_prints_memory_and_seconds_per_nfe(tmp_path, c
     from dsl_jax.launch.compile_check import forward_model_flops
     assert f["model_flops"] == pytest.approx(5 * forward_model_flops(config.preset("tiny"),
                                                                      16 * 96, 96))
-    # The jaxpr's matmuls: at least the 5 passes' backbone matmuls (plus top-k x_hat).
-    assert f["jaxpr_matmul_flops"]["with_trip_counts"] >= 0.9 * f["model_flops"]
+    # The jaxpr's matmuls and the splash kernels': at least the 5 passes' backbone matmuls
+    # (plus top-k x_hat).
+    assert f["jaxpr_matmul_flops"]["with_trip_counts"] + \
+        4 * f["attention"]["kernel_matmul_flops_per_chip"] >= 0.9 * f["model_flops"]
+    assert "attention: Pallas splash kernel" in out
+
+
+def test_compile_check_attention_xla_compares_without_the_kernel(tmp_path, capsys):
+    """--attention xla: the same forward with XLA's attention, in the compiler's matmuls."""
+    out_json = tmp_path / "cc.json"
+    rc, out, err = run_cli(["compile-check", "--what", "forward", "--model", "tiny", "--topology",
+                            "v5p:2x2x1", "--batch", "8", "--length", "64", "--attention", "xla",
+                            "--json", str(out_json)], capsys)
+    assert rc == 0, err
+    f = json.loads(out_json.read_text())
+    assert f["attention"] == {"kernel": "xla", "kernel_calls": 0,
+                              "kernel_matmul_flops_per_chip": 0.0, "kernel_seconds": 0.0}
+    assert f["jaxpr_matmul_flops"]["with_trip_counts"] == pytest.approx(f["model_flops"])
+    assert "attention: XLA (jax.nn.dot_product_attention)" in out

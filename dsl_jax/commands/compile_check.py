@@ -15,6 +15,7 @@ from dsl_jax.commands import add_command
 
 def register(sub):
     from dsl_jax import configlib
+    from dsl_jax.config import ATTENTION_IMPLS
 
     p = add_command(sub, "compile-check", compile_check.__doc__)
     p.add_argument("--topology", default="v5p-16",
@@ -45,6 +46,9 @@ def register(sub):
                    help="forward: compute dtype (default: the model's)")
     p.add_argument("--param-dtype", default=None, choices=["float32", "bfloat16"],
                    help="forward: parameter dtype (default: the model's, float32)")
+    p.add_argument("--attention", default=None, choices=list(ATTENTION_IMPLS),
+                   help="forward, sample: the attention kernel (default: the model's, auto = "
+                        "the Pallas splash kernel on TPU; xla to compare without it)")
     p.add_argument("--mesh", default=None,
                    help="mesh over the topology's chips, e.g. 'fsdp=8,tensor=2' "
                         "(default: the config's mesh; forward: all on fsdp)")
@@ -60,6 +64,8 @@ def run(args) -> int:
     what = args.what or ("train" if args.config else "forward")
     if what == "train":
         require(bool(args.config), "--what train needs --config CONFIG (e.g. configs/dsl_llada_8b.py)")
+        require(args.attention is None,
+                "--attention is for --what forward/sample (train: the model's attention)")
     else:
         require(not args.config_overrides or args.config,
                 "--config.KEY=VALUE overrides need --config (train mode)")
@@ -73,7 +79,7 @@ def run(args) -> int:
         overrides=args.config_overrides, model=args.model,
         batch=args.batch or (8 if what == "forward" else 0), length=args.length,
         dtype=args.dtype, param_dtype=args.param_dtype, gen_length=args.gen_length,
-        nfe=args.nfe, noise_dim=args.noise_dim)
+        nfe=args.nfe, noise_dim=args.noise_dim, attention=args.attention)
     if args.json:
         write_json(args.json, figures)
     hbm = f"{topology.generation.hbm_bytes / GiB:.0f} GiB HBM"
@@ -117,11 +123,20 @@ def report(f: dict) -> None:
           f"optimal {c['optimal_seconds'] * 1e3:.2f} ms")
     e = f["estimate"]
     trips = f["jaxpr_matmul_flops"]["loop_trip_counts"]
+    kernel = " + attention kernel" if f.get("attention", {}).get("kernel_calls") else ""
     step = (f"step estimate {e['step_seconds'] * 1e3:.1f} ms = optimal x loop factor "
-            f"{f['loop_factor']:.2f}" if e["step_seconds"] else
+            f"{f['loop_factor']:.2f}{kernel}" if e["step_seconds"] else
             "no step estimate (the compiler's optimal time is not positive)")
     print(f"program per chip: {e['matmul_flops_per_chip']:.3e} matmul FLOPs (jaxpr, loop trip "
           f"counts {trips}); {step}")
+    a = f.get("attention")
+    if a and a["kernel_calls"]:
+        print(f"attention: Pallas splash kernel, {a['kernel_calls']} calls, "
+              f"{a['kernel_matmul_flops_per_chip']:.3e} matmul FLOPs per chip = "
+              f"{a['kernel_seconds'] * 1e3:.2f} ms at peak, added to the step estimate "
+              f"(XLA's cost model does not see custom kernels)")
+    elif a:
+        print("attention: XLA (jax.nn.dot_product_attention), in the compiler's cost model")
     if "forward_passes" in f:
         per = f["seconds_per_forward_pass"]
         print(f"sampling: {f['forward_passes']} forward passes per batch; estimated "
