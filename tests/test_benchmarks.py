@@ -12,8 +12,8 @@ AGREEMENT = {"forward": "max_abs_logit_diff", "train": "loss_diff", "sample": "m
 CASES = {
     "forward": ["--preset", "tiny", "--batch", "2", "--length", "16"],
     "train": ["--preset", "tiny", "--batch", "2", "--length", "16", "--noise-dim", "8"],
-    "sample": ["--preset", "tiny", "--noise-dim", "8", "--batch", "2", "--prompt-length", "12",
-               "--gen-length", "8", "--nfe", "4", "--torch-prompts", "1"],
+    "sample": ["--preset", "tiny", "--noise-dim", "8", "--batch", "2", "--prompt-length", "48",
+               "--gen-length", "8", "--nfe", "4", "--torch-prompts", "1", "--cache-refresh", "0"],
 }
 
 
@@ -31,3 +31,14 @@ def test_benchmark_runs_and_writes_its_figures(name, tmp_path):
     figures = json.loads(out.read_text())
     assert figures["ratio"] > 0
     assert figures[AGREEMENT[name]] < 1e-4  # both contenders compute the same thing
+    if name == "sample":  # every row side by side; the prompt cache cuts the counted FLOPs
+        rows = {(r["sampler"], r.get("cache_refresh"), r.get("remask_cache"), r.get("threshold")):
+                r for r in figures["rows"]}
+        assert set(rows) == {("sde", 1, None, None), ("sde", 0, None, None),
+                             ("remask", None, None, None), ("remask", None, "prefix", None),
+                             ("remask", None, "dual", None), ("remask", None, "dual", 0.9),
+                             ("torch", None, None, None)}
+        assert all(r["summaries_per_s"] > 0 for r in figures["rows"])
+        off, on = rows[("sde", 1, None, None)], rows[("sde", 0, None, None)]
+        # NFE 4: 5 passes over 40-56 prompt tokens (padded to 64) + 8; cached: 1 + 4 over 8
+        assert off["flops_per_summary"] / on["flops_per_summary"] > 2.5

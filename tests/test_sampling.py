@@ -653,3 +653,545 @@ def test_sweep_knob_fields():
         with pytest.raises(UserError, match=msg):
             sweep.Settings.from_config({"samplers": "sde", **bad} if "samplers" not in bad
                                        else bad)
+
+
+# ---------------------------------------------------------------- DSL-SDE's prompt cache
+
+
+def test_prompt_cache_schedule_equals_float64_numpy():
+    """``sde_states`` with a stand-in model whose x_hat depends on the cache (the state at
+    the latest refresh): k = 1 every evaluation full; k >= 2 a refresh at the first
+    evaluation of steps 0, k, 2k, ...; 0 at step 0 only; every other evaluation against
+    the latest cache; against a float64 numpy loop of docs/method.md's rule."""
+    from dsl_jax.sampling.sde import refresh_steps, sde_states, step_noise
+
+    r = np.random.default_rng(2)
+    B, G, d, n = 2, 3, 5, 5
+    A, C = r.standard_normal((d, d)) * 0.4, r.standard_normal((d, d)) * 0.8
+    b = r.standard_normal(d)
+    grid = np.geomspace(0.5, 20.0, n + 1)
+    keys = jax.random.split(jax.random.PRNGKey(3), B)
+    ns = 0.1
+    y0 = np.asarray(unit_start(keys, G, d), np.float64)
+    xis = [np.asarray(step_noise(keys, i, G, d), np.float64) for i in range(n)]
+
+    def f_np(y, s, c):
+        return np.tanh(y @ A + c @ C + s * b)
+
+    def f_jx(y, s, c):
+        return jnp.tanh(y @ jnp.asarray(A, jnp.float32) + c @ jnp.asarray(C, jnp.float32)
+                        + s * jnp.asarray(b, jnp.float32))
+
+    calls = []
+
+    def x_hat_fn(y, s, cache):  # a full pass sees its own state as the "prompt's" input
+        calls.append("full" if cache is None else "cached")
+        return f_jx(y, s, y if cache is None else cache)
+
+    def refresh_fn(y, s):
+        calls.append("refresh")
+        return f_jx(y, s, y), y
+
+    def reference(k):
+        y, c = y0, None
+        refresh = set(refresh_steps(n, k))
+        for j in range(n):
+            s, s2 = grid[j], grid[j + 1]
+            if k == 1 or j in refresh:
+                c = y
+            dw = math.sqrt(s2 - s) * xis[j]
+            f = (f_np(y, s, c) - y) / s
+            yt = y + f * (s2 - s) + ns / s * dw
+            f2 = (f_np(yt, s2, yt if k == 1 else c) - yt) / s2
+            y = y + (f + f2) / 2 * (s2 - s) + (ns / s + ns / s2) / 2 * dw
+        return y, c
+
+    assert refresh_steps(5, 1) == [0, 1, 2, 3, 4] and refresh_steps(5, 0) == [0]
+    assert refresh_steps(5, 2) == [0, 2, 4] and refresh_steps(5, 3) == [0, 3]
+    got = {}
+    for k, traced in [(1, ["full"]), (0, ["refresh", "cached"]), (2, ["refresh", "cached"]),
+                      (3, ["refresh", "cached"]), (7, ["refresh", "cached"])]:
+        calls.clear()
+        y, c = jax.jit(lambda: sde_states(x_hat_fn, keys, grid, ns, G, d, refresh_fn=refresh_fn,
+                                          cache_refresh=k))()
+        assert set(calls) == set(traced), (k, calls)
+        want_y, want_c = reference(min(k, n) if k else 0)
+        np.testing.assert_allclose(np.asarray(y), want_y, rtol=1e-4, atol=1e-5)
+        if k != 1:
+            np.testing.assert_allclose(np.asarray(c), want_c, rtol=1e-4, atol=1e-5)
+        got[k] = np.asarray(y)
+    np.testing.assert_array_equal(got[7], got[0])  # k >= N: one refresh, as k = 0
+    for k in (0, 2, 3):  # the stale cache really changes the trajectory here
+        assert np.max(np.abs(got[k] - got[1])) > 1e-2
+
+
+def _tiny_batch(cfg, lengths, gen_length, seed=0):
+    r = np.random.default_rng(seed)
+    prompts = [r.integers(6, cfg.vocab_size, n).tolist() for n in lengths]
+    keys = [batching.row_key(0, i) for i in range(len(prompts))]
+    P = batching.bucket_length(max(lengths))
+    return batching.make_batch(prompts, keys, gen_length, cfg.pad_token_id, len(prompts), P)
+
+
+def test_cached_pass_equals_the_full_pass(tiny_dsl):
+    """A response-only pass against the prompt cache of the same state gives the full
+    pass's logits (left-padded rows of different lengths); a cache of another state or of
+    another prompt gives other logits (the cache is really read)."""
+    from dsl_jax.sampling.sde import Evaluator
+
+    cfg = tiny_dsl.cfg
+    G = 12
+    b = _tiny_batch(cfg, (40, 17), G)
+    other = _tiny_batch(cfg, (40, 17), G, seed=1)
+    r = np.random.default_rng(5)
+    z, z2 = (jnp.asarray(r.standard_normal((2, G, 16)) * 3, jnp.float32) for _ in range(2))
+
+    @jax.jit
+    def run(ids, mask, pos, ids2):
+        ev = Evaluator(tiny_dsl, ids, mask, pos)
+        full = ev.full(z)
+        ref_logits, cache = ev.refresh(z)
+        _, stale = ev.refresh(z2)
+        _, foreign = Evaluator(tiny_dsl, ids2, mask, pos).refresh(z)
+        return (full, ref_logits, ev.cached(z, cache), ev.cached(z, stale),
+                ev.cached(z, foreign), cache)
+
+    full, ref_logits, cached, stale, foreign, cache = run(b.prompt_ids, b.attention_mask,
+                                                          b.positions, other.prompt_ids)
+    P = b.prompt_ids.shape[1]
+    assert cache.k.shape == (cfg.n_layers, 2, P, cfg.n_kv_heads, cfg.head_dim)
+    np.testing.assert_array_equal(np.asarray(cache.mask), b.attention_mask[:, :P])
+    np.testing.assert_array_equal(np.asarray(ref_logits), np.asarray(full))
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(np.asarray(stale) - np.asarray(full))) > 1e-5
+    assert np.max(np.abs(np.asarray(foreign) - np.asarray(full))) > 1e-3
+
+
+def test_cache_refresh_passes_and_tokens(tiny_dsl, monkeypatch):
+    """The passes each k makes (lengths P + G for a full pass or G for a cached one, in
+    order), k = 1 equal to the uncached sampler's tokens exactly, k >= N equal to k = 0."""
+    from dsl_jax import model as model_mod
+    from dsl_jax import sampling
+
+    seen = []
+    original = model_mod.LLaDA.hidden_states
+
+    def recorded(self, x, *a, cache=None, **k):
+        tag = ("cached" if cache is not None else "full", x.shape[1])
+        jax.debug.callback(lambda: seen.append(tag), ordered=True)
+        return original(self, x, *a, cache=cache, **k)
+
+    prompts = tiny_prompts()[:2]  # 10 and 40 tokens: P = 48
+    plain = generate(tiny_dsl, prompts, sampler="sde", nfe=8, gen_length=16, seed=3)
+    monkeypatch.setattr(model_mod.LLaDA, "hidden_states", recorded)
+    out = {}
+    F, C = ("full", 64), ("cached", 16)
+    for k, want in [(1, [F] * 9), (2, [F, C, C, C, F, C, C, C, C]), (3, [F, C, C, C, C, C, F, C, C]),
+                    (0, [F] + [C] * 8), (4, [F] + [C] * 8), (9, [F] + [C] * 8)]:
+        monkeypatch.setattr(sampling, "_JIT_CACHE", {})
+        seen.clear()
+        out[k] = generate(tiny_dsl, prompts, sampler="sde", nfe=8, gen_length=16, seed=3,
+                          cache_refresh=k)
+        assert seen == want, (k, seen)
+    assert out[1] == plain
+    assert out[4] == out[9] == out[0]
+    assert out[2] != out[1] or out[0] != out[1]  # the approximation is not a no-op
+
+
+def test_cache_refresh_flops(tiny_dsl):
+    """Matmul FLOPs of the jitted batch (loop trip counts included) at prompt >> response:
+    k = 1 makes 2N + 1 full passes, k = 0 one and 2N response-only ones."""
+    from dsl_jax.benchmarks.sample import batch_flops
+    from dsl_jax.sampling import Request
+
+    cfg = tiny_dsl.cfg
+    P, G, nfe = 192, 16, 8  # N = 4: 9 passes
+    flops = {k: batch_flops(tiny_dsl, "sde", Request(nfe, G, cache_refresh=k), 2, P)
+             for k in (1, 0, 2)}
+    # Per-pass matmul FLOPs of this model: projections, MLP and attention for T tokens
+    # attending to S keys, the LM head and converter on the G response positions.
+    d, f, L, V, dn = cfg.d_model, cfg.mlp_hidden_size, cfg.n_layers, cfg.vocab_size, 16
+    kv = cfg.n_kv_heads * cfg.head_dim
+
+    def pass_flops(T, S):
+        return 2 * (L * T * (2 * d * d + 2 * d * kv + 3 * d * f + 2 * S * d)
+                    + G * (d * V + dn * V + d * (V + 1)) + G * 512 * dn)
+
+    full, cached = pass_flops(P + G, P + G), pass_flops(G, P + G)
+    assert flops[1] == pytest.approx(2 * 9 * full, rel=0.02)  # two rows
+    assert flops[0] == pytest.approx(2 * (full + 8 * cached), rel=0.02)
+    assert flops[2] == pytest.approx(2 * (2 * full + 7 * cached), rel=0.02)
+    assert flops[1] / flops[0] > 4
+
+
+def test_cache_refresh_keeps_batch_sharding_on_eight_devices(tiny_dsl, mesh8, monkeypatch):
+    """On 8 devices (batch over fsdp = 4) the converter's output and the prompt cache stay
+    split by rows, and the tokens equal one device's."""
+    from dsl_jax import sampling
+    from dsl_jax.sampling import sde as sde_mod
+
+    shards = []
+    orig_embed, orig_refresh = dsl.DSLModel.embed_noisy, sde_mod.Evaluator.refresh
+
+    def embed_spy(self, z, beta_scale=1.0):
+        h = orig_embed(self, z, beta_scale=beta_scale)
+        jax.debug.inspect_array_sharding(
+            h, callback=lambda s: shards.append(("converter", s.shard_shape(h.shape))))
+        return h
+
+    def refresh_spy(self, z):
+        logits, cache = orig_refresh(self, z)
+        jax.debug.inspect_array_sharding(
+            cache.k, callback=lambda s: shards.append(("cache", s.shard_shape(cache.k.shape))))
+        return logits, cache
+
+    prompts = tiny_prompts()
+    kw = dict(sampler="sde", nfe=4, gen_length=16, seed=2, cache_refresh=2)
+    one = generate(tiny_dsl, prompts, **kw)
+    monkeypatch.setattr(dsl.DSLModel, "embed_noisy", embed_spy)
+    monkeypatch.setattr(sde_mod.Evaluator, "refresh", refresh_spy)
+    monkeypatch.setattr(sampling, "_JIT_CACHE", {})
+    on8 = generate(tiny_dsl, prompts, mesh=mesh8, **kw)
+    assert on8 == one
+    kinds = {k for k, _ in shards}
+    assert kinds == {"converter", "cache"}, shards
+    for kind, shape in shards:  # 4 rows over fsdp = 4: one row per shard
+        assert shape[1 if kind == "cache" else 0] == 1, (kind, shape)
+    cache_shapes = [s for k, s in shards if k == "cache"]
+    assert all(s[3] == tiny_dsl.cfg.n_kv_heads // 2 for s in cache_shapes)  # kv heads / tensor
+
+
+# ---------------------------------------------------------------- remasking options (issue 13)
+
+
+def _tiny_batch(cfg, G, prompt_lengths=(10, 3), P=16):
+    r = np.random.default_rng(4)
+    prompts = [r.integers(6, cfg.vocab_size, n).tolist() for n in prompt_lengths]
+    keys = [batching.row_key(0, i) for i in range(len(prompts))]
+    b = batching.make_batch(prompts, keys, G, cfg.pad_token_id, len(prompts), P)
+    return [jnp.asarray(a) for a in (b.prompt_ids, b.attention_mask, b.positions, b.keys)]
+
+
+def test_remask_caches_refreshed_every_step_equal_no_cache(tiny_dsl, monkeypatch):
+    """Fast-dLLM's prefix and dual caches on the tiny LLaDA: with the cache recomputed from
+    the current state before every cached step they give the uncached sampler's tokens
+    (argmax, Gumbel, threshold, CFG); each block's first pass is full and the others run
+    only the block and its suffix (prefix) or the block (dual)."""
+    from dsl_jax import model as model_mod
+    from dsl_jax.sampling import remask
+    from dsl_jax.sampling.registry import Request
+
+    llada, G, P = tiny_dsl.llada, 24, 16
+    args = _tiny_batch(llada.cfg, G)
+    ids = jnp.concatenate([args[0], jnp.full((2, G), llada.cfg.mask_token_id)], 1)
+    p0 = np.asarray(jax.nn.softmax(llada(ids, attention_mask=args[1], positions=args[2])[:, P:],
+                                   -1).max(-1))
+    th = float(np.median(p0[:, :8]))  # about half the first block at the first step
+    lengths = []
+    original = model_mod.LLaDA.hidden_states
+
+    def recorded(self, x, *a, **k):
+        jax.debug.callback(lambda v: lengths.append(v.shape[1]), x, ordered=True)
+        return original(self, x, *a, **k)
+
+    monkeypatch.setattr(model_mod.LLaDA, "hidden_states", recorded)
+
+    def run(refresh=0, mode="low_confidence", **kw):
+        req = Request(6, G, block_length=8, **kw)
+        lengths.clear()
+        out = jax.jit(lambda *a: remask.run_batch(llada, *a, req, mode=mode,
+                                                  refresh_every=refresh))(*args)
+        return np.asarray(out), list(lengths)
+
+    for kw in [dict(), dict(temperature=1.0), dict(mode="random"), dict(threshold=th),
+               dict(cfg_scale=1.5, temperature=0.5)]:
+        base, _ = run(**kw)
+        assert not np.any(base == llada.cfg.mask_token_id)
+        for cache in ("prefix", "dual"):
+            fresh, passes = run(1, remask_cache=cache, **kw)
+            np.testing.assert_array_equal(fresh, base, err_msg=f"{cache} {kw}")
+            if "threshold" not in kw:  # 3 blocks x (full pass, (refresh, cached pass))
+                part = [G, G - 8, G - 16] if cache == "prefix" else [8, 8, 8]
+                assert passes == [x for w in part for x in (P + G, P + G, w)], passes
+    # Without refreshing: one full pass per block, the other steps cached (an approximation).
+    for cache, part in [("prefix", [G, G - 8, G - 16]), ("dual", [8, 8, 8])]:
+        out, passes = run(0, remask_cache=cache)
+        assert passes == [x for w in part for x in (P + G, w)], passes
+        assert not np.any(out == llada.cfg.mask_token_id)
+
+
+def _scripted(p, tok, V):
+    """float32 logits [..., V] whose softmax gives token ``tok`` probability ``p`` exactly
+    (every other logit 0)."""
+    big = jnp.log(p * (V - 1) / (1 - p))
+    return jax.nn.one_hot(tok, V) * big[..., None]
+
+
+def test_threshold_decoding_commits_the_confident_positions_at_least_one_a_step():
+    """Fast-dLLM's rule on scripted confidences that rise as tokens are committed: each
+    step commits every masked position of the row's current block with p >= threshold, and
+    the most confident one when none reaches it; rows move through their blocks on their own."""
+    V, G, mask_id, th, bl = 20, 10, 19, 0.6, 4
+    base = np.array([[0.3, 0.65, 0.2, 0.1, 0.9, 0.5, 0.58, 0.2, 0.1, 0.05],
+                     [0.7, 0.8, 0.61, 0.9, 0.2, 0.1, 0.3, 0.4, 0.95, 0.5]])
+    tok = np.arange(G)[None].repeat(2, 0) + 3 * np.arange(2)[:, None]
+    seen = []
+
+    def logits_fn(x):
+        jax.debug.callback(lambda a: seen.append(np.asarray(a)), x)
+        n = jnp.sum(x != mask_id, axis=1, keepdims=True)
+        p = jnp.minimum(jnp.asarray(base, jnp.float32) + 0.1 * n, 0.97)
+        return _scripted(p, jnp.asarray(tok), V)
+
+    counts, ends = schedules.block_plan(G, 3, bl)  # blocks [0, 4), [4, 8), [8, 10)
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(2)])
+    out = np.asarray(jax.jit(lambda k: remask_sample(logits_fn, k, counts, ends, G, mask_id,
+                                                     threshold=th))(keys))
+    # numpy: the same rule, row by row
+    want_states = []
+    for b in range(2):
+        x, states = np.full(G, mask_id), []
+        while np.any(x == mask_id):
+            states.append(x.copy())
+            n = np.sum(x != mask_id)
+            p = np.minimum(base[b] + 0.1 * n, 0.97)
+            first = np.argmax(x == mask_id)
+            end = min(G, (first // bl + 1) * bl)
+            cand = [j for j in range(first, end) if x[j] == mask_id]
+            best = max(cand, key=lambda j: (p[j], -j))
+            for j in cand:
+                if p[j] >= th - 1e-6 or j == best:
+                    x[j] = tok[b, j]
+        want_states.append(states + [x.copy()])
+    np.testing.assert_array_equal(out, tok)
+    assert len(seen) == max(len(s) for s in want_states) - 1  # passes: until both rows finish
+    for b in range(2):
+        got = [s[b] for s in seen] + [out[b]]
+        steps = len(want_states[b])
+        for i in range(steps):
+            np.testing.assert_array_equal(got[i], want_states[b][i])
+        assert all(np.sum(want_states[b][i + 1] != want_states[b][i]) >= 1
+                   for i in range(steps - 1))
+    # A parallel step happened (rows 0 and 1 commit several at once), and some step committed
+    # one token below the threshold.
+    commits = [np.sum(want_states[0][i + 1] != want_states[0][i])
+               for i in range(len(want_states[0]) - 1)]
+    assert max(commits) >= 2 and min(commits) == 1
+
+
+class _FakeLLaDA:
+    """A stand-in LLaDA whose 'hidden states' are the logits: response position t scores
+    A[t] + s C[t], s = (sum of the real, unmasked prompt ids) / 100 (0 with the prompt
+    masked); it records the ids of every pass."""
+
+    def __init__(self, cfg, A, C):
+        self.cfg, self.A, self.C, self.seen = cfg, jnp.asarray(A), jnp.asarray(C), []
+
+    def __call__(self, ids, attention_mask=None, positions=None, return_hidden=True, **kw):
+        jax.debug.callback(lambda a: self.seen.append(np.asarray(a)), ids)
+        B, T = ids.shape
+        G = self.A.shape[0]
+        prompt = ids[:, :T - G]
+        real = attention_mask[:, :T - G] & (prompt != self.cfg.mask_token_id)
+        s = jnp.sum(jnp.where(real, prompt, 0), axis=1).astype(jnp.float32) / 100
+        resp = self.A[None] + s[:, None, None] * self.C[None]
+        return jnp.concatenate([jnp.zeros((B, T - G, self.A.shape[1])), resp], axis=1)
+
+    def head(self, h):
+        return h
+
+
+def _simulate_fixed(logits, counts, ends, mask_id, zero=()):
+    """numpy LLaDA on logits that do not depend on the state: the states after each step."""
+    B, G, V = logits.shape
+    x0 = logits.argmax(-1)
+    lc = logits.astype(np.float64).copy()
+    lc[..., list(zero)] = -np.inf
+    p = np.exp(lc - lc.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    conf = np.take_along_axis(p, x0[..., None], -1)[..., 0]
+    x, states = np.full((B, G), mask_id), []
+    for c, e in zip(counts, ends):
+        for b in range(B):
+            cand = sorted((j for j in range(e) if x[b, j] == mask_id), key=lambda j: -conf[b, j])
+            x[b, cand[:c]] = x0[b, cand[:c]]
+        states.append(x.copy())
+    return states
+
+
+def test_cfg_scale_is_llada_unsupervised_guidance_and_zero_is_off():
+    """cfg_scale w: a second set of rows with the prompt masked, logits u + (w + 1)(c - u);
+    hand-computed on a fake model. w = 0 runs the plain rows and gives today's sampler."""
+    from dsl_jax.sampling import remask
+    from dsl_jax.sampling.registry import Request
+
+    cfg = config.preset("tiny", vocab_size=16)
+    G, V, P = 8, 16, 16
+    r = np.random.default_rng(0)
+    A, C = r.normal(size=(G, V)).astype(np.float32), r.normal(size=(G, V)).astype(np.float32)
+    A[:, cfg.mask_token_id] = C[:, cfg.mask_token_id] = -30  # never predicted
+    fake = _FakeLLaDA(cfg, A, C)
+    args = _tiny_batch(cfg, G)
+    prompt, mask = np.asarray(args[0]), np.asarray(args[1])
+    s = np.where(mask[:, :P], prompt, 0).sum(1) / 100
+    counts, ends = schedules.block_plan(G, 4)
+    for w in (0.0, 2.0):
+        fake.seen.clear()
+        out = np.asarray(remask.run_batch(fake, *args, Request(4, G, cfg_scale=w),
+                                          mode="low_confidence"))
+        cond = A[None] + s[:, None, None] * C[None]
+        guided = A[None] + (w + 1) * (cond - A[None])  # u = A: the masked prompt's s is 0
+        want = _simulate_fixed(guided, counts, ends, cfg.mask_token_id)
+        np.testing.assert_array_equal(out, want[-1])
+        first = fake.seen[0]
+        assert len(fake.seen) == 4 and first.shape[0] == (4 if w else 2)
+        if w:  # the unconditional rows: every prompt position the mask id, the response alike
+            assert np.all(first[2:, :P] == cfg.mask_token_id)
+            np.testing.assert_array_equal(first[2:, P:], first[:2, P:])
+            np.testing.assert_array_equal(first[:2, :P], prompt)
+            assert np.any(guided.argmax(-1) != cond.argmax(-1))  # the guidance matters here
+    # cfg_scale 0 is exactly the plain sampler on the model's logits.
+    plain = np.asarray(remask_sample(lambda x: jnp.asarray(A[None] + s[:, None, None] * C[None]),
+                                     args[3], counts, ends, G, cfg.mask_token_id))
+    np.testing.assert_array_equal(np.asarray(remask.run_batch(
+        fake, *args, Request(4, G), mode="low_confidence")), plain)
+
+
+def test_block_length_overrides_the_samplers_own():
+    """A request's block_length replaces the sampler's (eos_block's 32, remask's one block):
+    each step commits inside its block only; the NFE split is checked."""
+    from dsl_jax.sampling.registry import REGISTRY, Request, get
+
+    cfg = config.preset("tiny", vocab_size=16)
+    G, V = 12, 16
+    r = np.random.default_rng(1)
+    A = r.normal(size=(G, V)).astype(np.float32)
+    A[:, cfg.mask_token_id] = -30
+    fake = _FakeLLaDA(cfg, A, np.zeros_like(A))
+    args = _tiny_batch(cfg, G)
+    for sampler, bl, nfe in [("eos_block", 4, 6), ("remask", 4, 7), ("remask", None, 3),
+                             ("eos_block", None, 3)]:
+        fake.seen.clear()
+        out = np.asarray(REGISTRY[sampler].run(fake, *args, Request(nfe, G, block_length=bl)))
+        logits = np.broadcast_to(A, (2, G, V)).copy()
+        if sampler == "eos_block":
+            logits[..., cfg.eos_token_id] = -np.inf
+        own = None if sampler == "remask" else schedules.EOS_BLOCK_LENGTH
+        counts, ends = schedules.block_plan(G, nfe, bl if bl is not None else own)
+        want = _simulate_fixed(logits, counts, ends, cfg.mask_token_id)
+        np.testing.assert_array_equal(out, want[-1])
+        states = [s[:, -G:] for s in fake.seen[1:]] + [out]
+        for st, w in zip(states, want):
+            np.testing.assert_array_equal(st, w)
+        if bl is not None:  # blocks of 4: the last step of each block completes it
+            assert sorted(set(ends.tolist())) == [4, 8, 12]
+            for st, e in zip(states, ends):
+                assert np.all(st[:, e:] == cfg.mask_token_id)
+    with pytest.raises(UserError, match="nfe 2 is below the number of blocks 3 .gen_length 12 "
+                                        "in blocks of 4"):
+        get("remask").check(2, 12, 4)
+    with pytest.raises(UserError, match="block_length must be an integer >= 1"):
+        schedules.block_plan(12, 4, 0)
+
+
+def test_confidence_eos_eot_inf_scores_eos_and_eot_predictions_zero():
+    """LLaDA's confidence_eos_eot_inf on scripted logits: x0 is still the argmax (EOS may
+    win), but the confidence softmax leaves EOS and EoT out: positions predicting them
+    score 0 and come last; the others' confidences are renormalised without them."""
+    from dsl_jax.sampling import remask
+    from dsl_jax.sampling.registry import Request
+
+    cfg = config.preset("tiny", vocab_size=16)
+    V, G, eos, eot, mask_id = 16, 6, cfg.eos_token_id, 5, cfg.mask_token_id
+    assert remask.eot_token_id(cfg) == eot and remask.eot_token_id(config.preset("llada-8b")) \
+        == config.EOT_ID
+    logits = np.full((1, G, V), 0.0, np.float32)
+    logits[0, 0, eos] = 6.0           # EOS, very confident
+    logits[0, 1, eot] = 5.0           # EoT, confident
+    logits[0, 2, [7, eot]] = [3.0, 2.9]  # 7 wins, EoT close: renormalised up without it
+    logits[0, 3, 8] = 2.6             # 8, no EOS/EoT competitor
+    logits[0, 4, [9, eos]] = [2.8, 2.7]
+    logits[0, 5, 10] = 1.0
+    counts, ends = schedules.block_plan(G, 3)
+    keys = jnp.stack([jax.random.PRNGKey(0)])
+    seen = []
+
+    def logits_fn(x):
+        jax.debug.callback(lambda a: seen.append(np.asarray(a)), x)
+        return jnp.asarray(logits)
+
+    for zero in ((), (eos, eot)):
+        seen.clear()
+        out = np.asarray(remask_sample(logits_fn, keys, counts, ends, G, mask_id,
+                                       zero_conf_ids=zero))
+        want = _simulate_fixed(logits, counts, ends, mask_id, zero)
+        for st, w in zip(seen[1:] + [out], want):
+            np.testing.assert_array_equal(st, w)
+        first = set(np.flatnonzero(want[0][0] != mask_id))
+        # Off: EOS and EoT first. On: the renormalised 2 and 4 beat 3; EOS/EoT last.
+        assert first == ({0, 1} if not zero else {2, 4})
+        assert set(np.flatnonzero(want[1][0] != mask_id)) - first == ({2, 3} if not zero
+                                                                      else {3, 5})
+        np.testing.assert_array_equal(out[0], logits[0].argmax(-1))
+    # The request's flag reaches the sampler with the model's EOS and EoT ids.
+    fake = _FakeLLaDA(cfg, logits[0], np.zeros_like(logits[0]))
+    args = _tiny_batch(cfg, G, (4,))
+    fake.seen.clear()
+    out = remask.run_batch(fake, *args, Request(3, G, confidence_eos_eot_inf=True),
+                           mode="low_confidence")
+    states = [s[:, -G:] for s in fake.seen[1:]] + [np.asarray(out)]
+    for st, w in zip(states, _simulate_fixed(logits, counts, ends, mask_id, (eos, eot))):
+        np.testing.assert_array_equal(st, w)
+
+
+def test_sample_command_remasking_flags(tiny_dsl, tmp_path, capsys, monkeypatch):
+    from dsl_jax import checkpoint, tokenizer
+    from dsl_jax import sampling
+    from dsl_jax.cli import main
+
+    ckpt = str(tmp_path / "m")
+    checkpoint.save_model(ckpt, tiny_dsl.llada)
+    tokenizer.train_small(["the quick brown fox"] * 20, vocab_size=512,
+                          path=str(tmp_path / "m" / "tokenizer.json"))
+    calls = []
+    real = sampling.generate
+    monkeypatch.setattr(sampling, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    base = ["sample", "--ckpt", ckpt, "--prompt", "the fox", "--sampler", "remask", "--nfe", "4",
+            "--gen-length", "8", "--no-progress", "--mesh", "fsdp=1,data=-1"]
+    assert main(base) == 0
+    assert not set(calls[-1]) & {"block_length", "remask_cache", "threshold", "cfg_scale",
+                                 "confidence_eos_eot_inf"}
+    assert main(base + ["--block-length", "4", "--remask-cache", "dual", "--threshold", "0.5",
+                        "--cfg-scale", "1.5", "--confidence-eos-eot-inf"]) == 0
+    assert {k: calls[-1][k] for k in ("block_length", "remask_cache", "threshold", "cfg_scale",
+                                      "confidence_eos_eot_inf")} == dict(
+        block_length=4, remask_cache="dual", threshold=0.5, cfg_scale=1.5,
+        confidence_eos_eot_inf=True)
+    capsys.readouterr()
+    monkeypatch.setattr(checkpoint, "load", lambda *a, **k: 1 / 0)
+    for bad, msg in [(["--block-length", "0"], "--block-length must be an integer >= 1"),
+                     (["--block-length", "1"], "nfe 4 is below the number of blocks 8"),
+                     (["--threshold", "1.5"], "--threshold must be a number in (0, 1]"),
+                     (["--cfg-scale", "-1"], "--cfg-scale must be a number >= 0"),
+                     (["--sampler", "sde", "--remask-cache", "prefix"],
+                      "--remask-cache: remasking-sampler option(s)")]:
+        assert main(base + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and msg in err, err
+
+
+def test_geometric_prompt_buckets():
+    """Prompt lengths round up to 32 x (1, 1.5, 2, 3, 4, ...), capped by the model's limit:
+    XSum-like prompts of 500-700 tokens compile two shapes, not seven."""
+    assert batching.buckets(32, 4096) == [32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+                                          1536, 2048, 3072, 4096]
+    assert batching.buckets(64, upto=200) == [64, 96, 128, 192, 256]
+    assert [batching.bucket_length(n) for n in (0, 1, 32, 33, 48, 49, 97, 500, 700)] == [
+        32, 32, 32, 48, 48, 64, 128, 512, 768]
+    assert batching.bucket_length(900, limit=896) == 896 == batching.bucket_length(800, 32, 896)
+    assert {batching.bucket_length(n) for n in range(500, 701)} == {512, 768}
+    for n in range(1, 3000):  # padding under a third of the padded length (above 32)
+        p = batching.bucket_length(n)
+        assert n <= p and p % 16 == 0 and (p <= 32 or p < 1.5 * n), n
+    with pytest.raises(UserError, match="bucket must be an even integer"):
+        batching.bucket_length(10, 7)

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "convert": "streaming conversion of a synthetic multi-GB checkpoint: peak memory, throughput",
     "train": "DSL train-step throughput vs a plain PyTorch DSL step",
     "sample": "batched jitted DSL-SDE vs a one-prompt-at-a-time PyTorch loop",
+    "cache_quality": "DSL-SDE's prompt cache: token agreement and ROUGE-1 per refresh interval",
     "compile": "ahead-of-time TPU compiles of the 8B forward and train step: memory per chip, MFU",
 }
 

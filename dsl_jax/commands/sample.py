@@ -13,8 +13,11 @@ authors' deterministic sampler), pf_ode (the probability-flow ODE, not the paper
 (low-confidence remasking, EOS suppressed, blocks of 32).
 
 The DSL samplers' knobs (docs/method.md section 3), each at the paper's value unless
-given: --snr-grid, --s-min, --s-max, --beta-scale, --top-k, and --noise-scale (sde only).
-Giving one to a remasking sampler is an error.
+given: --snr-grid, --s-min, --s-max, --beta-scale, --top-k, --cache-refresh (1: exact;
+K: an approximate prompt cache refreshed every K Heun steps), and --noise-scale (sde only).
+Giving one to a remasking sampler is an error. The remasking samplers' knobs, each at
+LLaDA's value unless given: --block-length, --cfg-scale, --confidence-eos-eot-inf, and
+Fast-dLLM's --remask-cache and --threshold; giving one to a DSL sampler is an error.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dsl_jax.commands import add_command
 
 def register(sub):
     from dsl_jax.sampling import SAMPLERS
+    from dsl_jax.sampling.registry import REMASK_CACHES
     from dsl_jax.sampling.schedules import SNR_GRIDS
 
     p = add_command(sub, "sample", __doc__)
@@ -63,8 +67,32 @@ def register(sub):
     p.add_argument("--top-k", type=int, default=None,
                    help="sde/ode/pf_ode: the posterior mean x_hat over the top-k tokens "
                    "(default 512)")
+    p.add_argument("--cache-refresh", type=int, default=None,
+                   help="sde/ode/pf_ode: recompute the prompt's keys/values (a full pass) every "
+                   "K Heun steps and run every other pass on the response positions only "
+                   "against them; 1: every pass full (exact), 0: only the first (default 1)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="remasking samplers: 0 = argmax, > 0 Gumbel-max (default 0)")
+    p.add_argument("--block-length", dest="block_length", type=int, default=None,
+                   help="remask/random/eos_block: semi-autoregressive blocks of this many "
+                   "positions, NFE steps split over them (default: one block; eos_block 32)")
+    p.add_argument("--remask-cache", dest="remask_cache", default=None,
+                   choices=list(REMASK_CACHES),
+                   help="remasking samplers: Fast-dLLM's KV cache, refreshed by a full pass at "
+                   "each block's first step: prefix (the prompt and earlier blocks cached) or "
+                   "dual (the later blocks too); approximate (default none)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="remasking samplers: Fast-dLLM's parallel decoding, each step commits "
+                   "every masked position of the block whose confidence is >= THRESHOLD (at "
+                   "least one); the steps are then as many as needed, not NFE (default off)")
+    p.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=None,
+                   help="remasking samplers: LLaDA's unsupervised classifier-free guidance, "
+                   "logits u + (SCALE + 1)(c - u) with u from the prompt masked; doubles the "
+                   "rows of each pass (default 0: off)")
+    p.add_argument("--confidence-eos-eot-inf", dest="confidence_eos_eot_inf",
+                   action="store_const", const=True, default=None,
+                   help="remasking samplers: LLaDA's confidence_eos_eot_inf, positions "
+                   "predicting EOS/EoT get confidence 0 and are committed last (default off)")
     p.add_argument("--mesh", default="fsdp=-1",
                    help="mesh over the devices, e.g. 'data=2,fsdp=4' (default: all on fsdp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,12 +117,13 @@ def run(args) -> int:
                                           "--ckpt": args.ckpt, "--tokenizer": args.tokenizer},
                                "--out")
     require(args.gen_length > 0, f"--gen-length must be positive, got {args.gen_length}")
-    registry.get(args.sampler).check(args.nfe, args.gen_length)  # NFE, eos_block's block plan
     require(args.batch_size is None or args.batch_size > 0,
             f"--batch-size must be positive, got {args.batch_size}")
     knobs = {k: getattr(args, k) for k in registry.KNOBS if getattr(args, k, None) is not None}
     try:
         registry.check_knobs(args.sampler, **knobs)
+        # NFE, and the block plan (eos_block's or --block-length's)
+        registry.get(args.sampler).check(args.nfe, args.gen_length, knobs.get("block_length"))
     except UserError as e:  # the flag's name, not the field's
         msg = str(e)
         for name in registry.KNOBS:

@@ -32,7 +32,7 @@ DEFAULT_MC_SAMPLES = 128  # LLaDA's mc_num
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_GEN_LENGTH = 256
 DEFAULT_NFE = 64
-LENGTH_BUCKET = 32  # sequences are right-padded to a multiple of this (fewer compilations)
+LENGTH_BUCKET = 32  # sequences are right-padded to a geometric bucket from this (batch.buckets)
 
 _JIT_CACHE: dict = {}
 
@@ -109,7 +109,8 @@ def masked_loglikelihood(model, prefix: Sequence[int], target: Sequence[int], *,
     ``model``: a LLaDA, or a DSLModel (its LLaDA is used). ``mc_samples`` must be a
     multiple of ``batch_size``; batch i's masks come from ``batch_keys(seed, n)[i]``
     alone, so two targets of equal length are scored on the same masks. The sequence is
-    right-padded to a multiple of ``bucket`` with the padding masked out of attention
+    right-padded to a bucket length (:func:`dsl_jax.sampling.batch.bucket_length`: 32, 48,
+    64, 96, ... for ``bucket`` 32) with the padding masked out of attention
     (one compilation per padded length). An empty target has log-likelihood 0.
     ``return_batches``: also return each batch's loss (numpy float32 [n])."""
     import jax

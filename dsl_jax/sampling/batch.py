@@ -1,7 +1,10 @@
 """Batches of prompts of different lengths for the samplers.
 
-Prompts are left-padded to a common length P (rounded up to a bucket so that few
-distinct shapes are compiled), followed by the G response positions. The attention mask
+Prompts are left-padded to a common length P, rounded up to the next of a geometric
+series of buckets (32, 48, 64, 96, 128, 192, 256, ...: factor 1.5 then 4/3, every one a
+multiple of 16) so that a sweep compiles a handful of shapes (about two per doubling of
+the prompt length, and at most a third of P wasted on padding), followed by the G
+response positions. The attention mask
 is 1 on real prompt tokens and on every response position; the RoPE positions are
 ``cumsum(mask) - 1`` (0 on padding), so each row computes exactly what it would alone.
 Each row carries its own PRNG key, derived from its seed or from (seed, its index in the
@@ -19,13 +22,33 @@ import numpy as np
 
 from dsl_jax.errors import require
 
-BUCKET = 32
+BUCKET = 32  # the smallest bucket
+
+
+def buckets(bucket: int = BUCKET, limit: int | None = None, upto: int | None = None) -> list[int]:
+    """The geometric series of bucket lengths ``bucket`` x (1, 1.5, 2, 3, 4, 6, 8, ...)
+    (each 1.5 or 4/3 times the one before), up to the first one >= ``upto`` (default:
+    ``limit``), capped at ``limit`` (which then ends the list)."""
+    require(isinstance(bucket, (int, np.integer)) and bucket >= 2 and bucket % 2 == 0,
+            f"bucket must be an even integer >= 2, got {bucket!r}")
+    top = upto if upto is not None else limit
+    require(top is not None, "buckets: give limit or upto")
+    out, i = [], 0
+    while True:
+        p = (int(bucket) << (i // 2)) * (3 if i % 2 else 2) // 2  # bucket x 2^(i//2) (x 1.5)
+        if limit is not None and p >= limit:
+            out.append(int(limit))
+            return out
+        out.append(p)
+        if p >= top:
+            return out
+        i += 1
 
 
 def bucket_length(n: int, bucket: int = BUCKET, limit: int | None = None) -> int:
-    """n rounded up to a multiple of ``bucket``, but not above ``limit`` (if given)."""
-    p = max(bucket, -(-n // bucket) * bucket)
-    return min(p, limit) if limit is not None else p
+    """n rounded up to the next of the geometric bucket lengths (:func:`buckets`: with
+    ``bucket`` 32: 32, 48, 64, 96, 128, 192, ...), but not above ``limit`` (if given)."""
+    return buckets(bucket, limit, upto=max(int(n), 1))[-1]
 
 
 @dataclasses.dataclass
