@@ -69,7 +69,7 @@ def _model_mesh(state):
 
 
 def check_request(model, prompts, sampler, nfe, gen_length, seeds=None,
-                  shared_seed=False) -> None:
+                  shared_seed=False, block_length=None) -> None:
     """Every bad-input check of :func:`generate`, each with one clear line."""
     spec = registry.get(sampler)
     schedules.check_nfe(nfe)
@@ -79,7 +79,7 @@ def check_request(model, prompts, sampler, nfe, gen_length, seeds=None,
         require(_is_dsl(model),
                 f"sampler {sampler!r} needs a model with DSL parameters (noise embedding and "
                 f"converter); this model has none: {registry.dsl_hint()}")
-    spec.check(nfe, gen_length)
+    spec.check(nfe, gen_length, block_length)
     cfg = model.cfg
     require(isinstance(prompts, (list, tuple)), "prompts must be a list of token-id lists")
     for i, p in enumerate(prompts):
@@ -126,10 +126,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
     keys/values recomputed every k Heun steps; 1: every pass, exact; 0: once).
     The remasking samplers' knobs (defaults: LLaDA's): ``block_length`` (None: the
     sampler's own), ``remask_cache`` (none / prefix / dual), ``threshold`` (commit every
-    masked position whose confidence exceeds it, at least one a step), ``cfg_scale``
+    masked position of the block whose confidence is >= it, at least one a step), ``cfg_scale``
     (unsupervised classifier-free guidance), ``confidence_eos_eot_inf``.
     """
-    check_request(model, prompts, sampler, nfe, gen_length, seeds, shared_seed)
+    check_request(model, prompts, sampler, nfe, gen_length, seeds, shared_seed, block_length)
     knobs = dict(snr_grid=snr_grid, beta_scale=beta_scale,
                  noise_scale=None if noise_scale is None else float(noise_scale),
                  s_min=float(s_min), s_max=float(s_max), top_k=top_k,

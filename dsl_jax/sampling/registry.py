@@ -35,9 +35,9 @@ class Request:
     # The remasking samplers' knobs (docs/method.md section 3); the defaults are LLaDA's.
     block_length: int | None = None  # None: the sampler's own (one block; eos_block: 32)
     remask_cache: str = "none"  # none / prefix / dual (Fast-dLLM's caches)
-    threshold: float | None = None  # commit every masked position above it (>= 1 a step)
+    threshold: float | None = None  # commit every masked position at or above it (>= 1 a step)
     cfg_scale: float = 0.0  # unsupervised classifier-free guidance (0: off)
-    confidence_eos_eot_inf: bool = False  # EOS/EoT candidates never win a step's commit
+    confidence_eos_eot_inf: bool = False  # EOS/EoT left out of the confidence softmax (score 0)
 
     def knobs(self) -> dict:
         """The sampler knobs (:data:`KNOBS`) of this request."""
@@ -126,11 +126,13 @@ class Sampler:
     passes: Callable[[int, str], int]  # model forward passes per batch: (NFE, SNR grid)
     block_length: int | None = None  # remasking in blocks of this length (None: one block)
 
-    def check(self, nfe, gen_length: int) -> None:
-        """One clear line if this sampler cannot run ``nfe`` steps over ``gen_length``."""
+    def check(self, nfe, gen_length: int, block_length: int | None = None) -> None:
+        """One clear line if this sampler cannot run ``nfe`` steps over ``gen_length`` (in
+        blocks of ``block_length``, a request's, else the sampler's own)."""
         schedules.check_nfe(nfe)
-        if self.block_length is not None:
-            schedules.block_plan(gen_length, nfe, self.block_length)
+        block_length = block_length if block_length is not None else self.block_length
+        if block_length is not None and not self.needs_dsl:
+            schedules.block_plan(gen_length, nfe, block_length)
 
 
 def _dsl_passes(nfe: int, snr_grid: str) -> int:  # Heun steps of two passes, one final pass

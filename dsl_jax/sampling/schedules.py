@@ -17,7 +17,8 @@ LLaDA remasking:
 - :func:`transfer_counts`: tokens committed per step of one block, the block's masked
   count split evenly over its steps with the remainder going to the first steps.
 - :func:`block_plan`: per step, how many tokens to commit and where the current block
-  ends, for one block (``remask``/``random``) or blocks of 32 (``eos_block``). When NFE is
+  ends, for one block (``remask``/``random``), blocks of 32 (``eos_block``) or a
+  request's ``block_length`` (overriding the sampler's). When NFE is
   not a multiple of the number of blocks, the first NFE % n_blocks blocks get one extra
   step, so the run makes exactly NFE forward passes; NFE below the number of blocks is an
   error. A generation length that is not a multiple of the block length gets a shorter
@@ -113,6 +114,9 @@ def block_plan(gen_length: int, nfe: int, block_length: int | None = None):
     commit and the response index where the current block ends (exclusive)."""
     check_nfe(nfe)
     require(gen_length > 0, f"gen_length must be positive, got {gen_length}")
+    require(block_length is None or (isinstance(block_length, (int, np.integer))
+                                     and not isinstance(block_length, bool) and block_length >= 1),
+            f"block_length must be an integer >= 1, got {block_length!r}")
     block_length = gen_length if block_length is None else block_length
     n_blocks = -(-gen_length // block_length)
     require(nfe >= n_blocks,
