@@ -89,7 +89,7 @@ def export(ckpt: str, hf_dir: str, overwrite: bool = False,
     require(max_shard_bytes > 0, f"--max-shard-bytes must be positive, got {max_shard_bytes}")
     storage.check_output_apart(hf_dir, {"--ckpt": ckpt, "--copy-from": copy_from}, "--hf")
     meta = checkpoint.read_meta(ckpt)
-    out = checkpoint.check_target(hf_dir, overwrite)
+    out = checkpoint.check_target(hf_dir, overwrite, marker="config.json")
     cfg = checkpoint.model_config(meta, source=storage.join(ckpt, checkpoint.META_FILE))
     dsl = checkpoint.dsl_config(meta)
     copied = companion_files(copy_from, cfg) if copy_from else {}

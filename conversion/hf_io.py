@@ -310,10 +310,17 @@ class SafetensorsWriter:
         if storage.is_remote(path):
             fd, self.local = tempfile.mkstemp(suffix=".safetensors")
             os.close(fd)
-        self.f = open(self.local, "wb")
-        self.f.write(struct.pack("<Q", len(raw)) + raw)
-        self.f.truncate(self.base + pos)
+        with storage.named_errors(self.local):
+            self.f = open(self.local, "wb")
         self.written: set[str] = set()
+        self._write(struct.pack("<Q", len(raw)) + raw)
+        with storage.named_errors(self.path):
+            self.f.truncate(self.base + pos)
+
+    def _write(self, data) -> None:
+        """Write ``data`` at the file position; an OSError (a full disk) names the file."""
+        with storage.named_errors(self.path):
+            self.f.write(data)
 
     def write(self, key: str, value: np.ndarray) -> None:
         start, n, dtype, shape = self.offsets[key]
@@ -322,7 +329,7 @@ class SafetensorsWriter:
                 f"internal: {key} is {value.dtype}{list(value.shape)}, header says "
                 f"{dtype}{list(shape)}")
         self.f.seek(self.base + start)
-        self.f.write(memoryview(value.reshape(-1).view(np.uint8)))
+        self._write(memoryview(value.reshape(-1).view(np.uint8)))
         self.written.add(key)
 
     def write_rows(self, key: str, value, chunk_bytes: int = 16 * 1024 * 1024) -> None:
@@ -338,15 +345,16 @@ class SafetensorsWriter:
         self.f.seek(self.base + start)
         for a in range(0, shape[0], step):
             part = np.ascontiguousarray(value[a:a + step], dtype=dtype)
-            self.f.write(memoryview(part.reshape(-1).view(np.uint8)))
+            self._write(memoryview(part.reshape(-1).view(np.uint8)))
         self.written.add(key)
 
     def close(self) -> None:
         missing = set(self.offsets) - self.written
         try:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
+            with storage.named_errors(self.path):
+                self.f.flush()
+                os.fsync(self.f.fileno())
+                self.f.close()
             require(not missing,
                     f"internal: {self.path}: tensors never written: {sorted(missing)[:3]}")
             if self.local != self.path:
@@ -357,8 +365,11 @@ class SafetensorsWriter:
             self.discard()
 
     def discard(self) -> None:
-        """Close the file without finishing it; a local staging copy is removed."""
-        self.f.close()
+        """Close the file without finishing it; a local staging copy is removed. Never
+        raises (it runs while another error is on its way: a full disk fails the
+        close's flush again)."""
+        with contextlib.suppress(OSError):
+            self.f.close()
         if self.local != self.path and os.path.exists(self.local):
             os.remove(self.local)
 

@@ -52,11 +52,14 @@ def is_checkpoint(path: str) -> bool:
     return storage.isfile(storage.join(path, META_FILE))
 
 
-def check_target(path: str, overwrite: bool) -> str:
+def check_target(path: str, overwrite: bool, marker: str = META_FILE) -> str:
     """``path`` made absolute (a bucket path as given); an error when it exists and
-    ``overwrite`` is off, or when its bucket does not exist."""
+    ``overwrite`` is off, or when its bucket does not exist. What a killed replacement
+    of ``path`` left (see :func:`recover`) is settled first."""
     path = storage.abspath(path)
     storage.require_bucket(path)
+    if jax.process_index() == 0:
+        recover(path, marker)
     if storage.exists(path) and not overwrite:
         what = "already holds a dsl-jax checkpoint" if is_checkpoint(path) else "already exists"
         raise UserError(f"{path}: {what}; pass --overwrite to replace it")
@@ -77,6 +80,48 @@ def temp_dir_for(path: str) -> str:
     leaves it where the next save to ``path`` finds (and removes) it."""
     parent, name = _split(path)
     return storage.join(parent, f".{name}.tmp")
+
+
+def aside_for(path: str) -> str:
+    """Where replacing ``path`` moves the old output (``.NAME.old`` beside it) until the
+    new one is in place."""
+    parent, name = _split(path)
+    return storage.join(parent, f".{name}.old")
+
+
+def _complete(path: str, marker: str | None) -> bool:
+    """Whether ``path`` holds a whole output: locally anything there (every move is one
+    rename); on a bucket, its ``marker`` file (copied last)."""
+    if not storage.is_remote(path):
+        return os.path.lexists(path)
+    return storage.isfile(storage.join(path, marker)) if marker else storage.exists(path)
+
+
+def recover(path: str, marker: str | None = META_FILE) -> None:
+    """Settle what a replacement of ``path`` killed midway left: the old output moved
+    aside (:func:`aside_for`) is removed when a whole new one is at ``path``, else put
+    back (the run that was killed changed nothing); and the temporary directory
+    (:func:`temp_dir_for`) is removed."""
+    aside = aside_for(path)
+    if storage.exists(aside):
+        if _complete(path, marker) or not _complete(aside, marker):
+            _remove(aside)
+        elif storage.is_remote(path):
+            _move_remote(aside, path, marker)
+        else:
+            os.replace(aside, path)
+    _remove(temp_dir_for(path))
+
+
+def _remove(path: str) -> None:
+    """Delete the file, link or directory ``path`` (local or remote); missing is fine."""
+    if storage.is_remote(path):
+        storage.rmtree(path)
+        storage.remove(path)
+    elif os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -101,19 +146,21 @@ def atomic_dir(path: str, overwrite: bool = False, marker: str | None = None) ->
     A host that dies leaves no ``path``, only the temporary directory, which the next
     save to ``path`` removes first. On a bucket the move copies objects one by one (not
     atomic): ``marker``, the file that tells a complete directory (``dsl_jax.json``), is
-    then written last, and an overwritten checkpoint is deleted before the new one is
-    copied in.
+    then written last. Replacing an output moves the old one aside and deletes it only
+    once the new one is in place (:func:`_commit`); a kill at any point leaves the old
+    output or the new one, whole, and the next save to (or check of) ``path`` settles
+    what was left (:func:`recover`).
     """
-    path = check_target(path, overwrite)
+    path = check_target(path, overwrite, marker)  # (removes what a save that died left)
     lead = jax.process_index() == 0
     tmp = temp_dir_for(path)
     if lead:
         storage.makedirs(_split(path)[0])
-        storage.rmtree(tmp)  # what a save that died left
         storage.makedirs(tmp)
     sync_hosts(f"dsl_jax.atomic_dir.begin:{path}")
     try:
-        yield tmp
+        with _named_as_output(tmp, path):  # a failed write (a full disk) names the output
+            yield tmp
     except BaseException:
         if lead:  # (a multi-process run's other hosts stop too, or wait for the commit)
             storage.rmtree(tmp)
@@ -121,30 +168,54 @@ def atomic_dir(path: str, overwrite: bool = False, marker: str | None = None) ->
     sync_hosts(f"dsl_jax.atomic_dir.written:{path}")
     if lead:
         try:
-            _commit(tmp, path, marker)
+            with storage.named_errors(path):
+                _commit(tmp, path, marker)
         finally:
             storage.rmtree(tmp)
     sync_hosts(f"dsl_jax.atomic_dir.committed:{path}")
 
 
+@contextlib.contextmanager
+def _named_as_output(tmp: str, path: str) -> Iterator[None]:
+    """An OSError in the block names the output ``path`` (the file under it) rather than
+    the temporary directory ``tmp`` it was written in, or ``path`` when it names none."""
+    try:
+        yield
+    except OSError as e:
+        name = None if e.filename is None else str(e.filename)
+        if (name is None and e.errno is not None) or (
+                name is not None and (name == tmp or name.startswith(tmp + "/"))):
+            e.filename = path if name is None else path + name[len(tmp):]
+        raise
+
+
 def _commit(tmp: str, path: str, marker: str | None) -> None:
-    """Move the written directory ``tmp`` to ``path``, replacing what is there."""
+    """Move the written directory ``tmp`` to ``path``. An output already there is moved
+    aside first (:func:`aside_for`) and deleted only once the new one is in place, so
+    a kill at any point leaves a whole old or new output (see :func:`recover`)."""
+    aside = aside_for(path)
+    _remove(aside)
     if not storage.is_remote(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+        if os.path.lexists(path):
+            os.replace(path, aside)
         os.replace(tmp, path)
+        _remove(aside)
         return
-    last = None
-    if marker and storage.isfile(storage.join(tmp, marker)):
-        last = storage.read_bytes(storage.join(tmp, marker))
-        storage.remove(storage.join(tmp, marker))
-    storage.rmtree(path)
-    storage.remove(path)
-    storage.replace_dir(tmp, path)
-    if last is not None:
-        storage.write_bytes(storage.join(path, marker), last)
+    if storage.exists(path):
+        _move_remote(path, aside, marker)
+    _move_remote(tmp, path, marker)
+    _remove(aside)
+
+
+def _move_remote(src: str, dst: str, marker: str | None) -> None:
+    """Copy directory ``src`` over ``dst`` (emptied first) object by object, ``marker``
+    last, then delete ``src``, its marker first: at every moment one of the two holds
+    a whole copy with its marker."""
+    _remove(dst)
+    storage.copytree(src, dst, last=marker)
+    if marker:
+        storage.remove(storage.join(src, marker))
+    storage.rmtree(src)
 
 
 # ---- metadata ----------------------------------------------------------------------------
@@ -344,10 +415,12 @@ def restore(path: str, target: dict) -> dict:
                               PARAMS_DIR)
     require(storage.isdir(params_dir), f"{path}: checkpoint has no {PARAMS_DIR}/ directory")
     ckptr = ocp.PyTreeCheckpointer()
-    with storage.user_errors(path):
+    with storage.user_errors(path), read_errors(path):
         stored = ckptr.metadata(params_dir)
     stored = getattr(stored, "item_metadata", stored)
     stored = getattr(stored, "tree", stored)
+    require(isinstance(stored, dict), f"{path}: the checkpoint is damaged or incomplete (no "
+            f"readable tree metadata in {PARAMS_DIR}/)")
     missing = [k for k in target if k not in stored]
     require(not missing, f"{path}: checkpoint lacks parameter group(s) {missing}")
     _check_shapes(path, target, stored)
@@ -357,12 +430,40 @@ def restore(path: str, target: dict) -> dict:
             return ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype)
         return ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype)
 
-    with storage.user_errors(path):
+    with storage.user_errors(path), read_errors(path):
         tree = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(
             item=target, restore_args=jax.tree.map(restore_args, target), partial_restore=True))
     if sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(target)) > GC_BYTES:
         gc.collect()  # orbax's restore leaves reference cycles that hold the arrays
     return tree
+
+
+# How TensorStore and orbax word a missing, truncated or garbled file of the tree.
+_DAMAGE_SIGNS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION", "OCDBT",
+                 "TensorStore", "_METADATA", "not a valid checkpoint", "JSONDecodeError",
+                 "Expecting value", "No such file")
+
+
+@contextlib.contextmanager
+def read_errors(path: str) -> Iterator[None]:
+    """A read of the parameter tree that fails on its files (one deleted, truncated or
+    garbled) becomes one :class:`UserError` line naming the checkpoint and the cause."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - only the damage orbax/TensorStore report
+        chain, c = [], e
+        while c is not None and len(chain) < 8:
+            chain.append(c)
+            c = c.__cause__ or c.__context__
+        text = " ".join(f"{type(x).__name__} {x}" for x in chain)
+        if not any(sign in text for sign in _DAMAGE_SIGNS) and not isinstance(e, OSError):
+            raise
+        lines = [x.strip() for x in str(chain[-1]).splitlines() if x.strip()]
+        reason = lines[0] if lines else type(chain[-1]).__name__
+        reason = reason if len(reason) <= 240 else reason[:237] + "..."
+        raise UserError(f"{path}: the checkpoint is damaged or incomplete ({reason})") from None
 
 
 def _check_shapes(path: str, target: dict, stored: Any, prefix: str = "") -> None:

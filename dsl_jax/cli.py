@@ -56,8 +56,15 @@ def show_status_lines() -> None:
     logger.propagate = False  # not again through other handlers on the root logger
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad argument reported as one line (its usage is ``--help``'s)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(load_all: bool = False, only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dsl-jax",
         description="DSL-LLaDA in JAX: continuous denoising for masked diffusion language models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # a malformed --config.KEY override
         print(f"dsl-jax {command}: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line printed)
+        return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 0
@@ -92,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
-        if args.command not in LOCAL_ONLY:
-            from dsl_jax.launch.distributed import maybe_initialize
-            maybe_initialize()  # on a multi-host pod slice every host joins; else nothing
-        return int(args.func(args) or 0)
+        try:
+            if args.command not in LOCAL_ONLY:
+                from dsl_jax.launch.distributed import maybe_initialize
+                maybe_initialize()  # on a multi-host pod slice every host joins; else nothing
+            return int(args.func(args) or 0)
+        except BaseException:
+            _end_progress_bars()  # the error line starts a line of its own
+            raise
     except UserError as e:
         print(f"dsl-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -105,9 +118,37 @@ def _run(args) -> int:
     except Exception as e:  # no traceback for the user; DSL_JAX_DEBUG=1 keeps it
         if os.environ.get("DSL_JAX_DEBUG", "") not in ("", "0"):
             raise
+        os_error = _os_error(e)
+        if os_error is not None:  # no space, read-only, not a directory...: PATH: reason
+            from dsl_jax.storage import os_error_line
+            print(f"dsl-jax {args.command}: error: {os_error_line(os_error)}", file=sys.stderr)
+            return 1
         print(f"dsl-jax {args.command}: error: {one_line(e)} (run with DSL_JAX_DEBUG=1 for "
               "the traceback)", file=sys.stderr)
         return 1
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars a failed command left open (each then ends its line)."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close is left as it is
+            pass
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` when an OSError, or the OSError it was raised from (``raise ... from``, as
+    libraries wrapping a failed write do); None otherwise."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__, seen + 1
+    return None
 
 
 def _leave(code: int) -> int:

@@ -2,8 +2,9 @@
 
 The CLI catches :class:`UserError` and prints its message as a single line
 (``dsl-jax CMD: error: ...``) with exit status 2; any other exception (a storage server
-gone, a disk full, a bug) is printed as one line too (:func:`one_line`), with exit
-status 1 and a hint that ``DSL_JAX_DEBUG=1`` shows its traceback.
+gone, a bug) is printed as one line too (:func:`one_line`), with exit status 1 and a
+hint that ``DSL_JAX_DEBUG=1`` shows its traceback; an OSError (no space left, a
+read-only file system, not a directory) as ``PATH: reason``, exit status 1.
 """
 
 

@@ -4,8 +4,10 @@ these functions, so each path may be local or a bucket (``gs://bucket/...``, ``s
 Remote paths use :mod:`etils.epath` on its fsspec backend (gcsfs for ``gs://``; set
 here before epath is first used, so that emulators and ``STORAGE_EMULATOR_HOST`` work,
 which tf.io.gfile ignores). Local paths keep plain POSIX behaviour: whole-file writes go
-to a temporary file beside the target, fsync'd, then ``os.replace``; appends are one
-``O_APPEND`` write, fsync'd.
+to a hidden temporary sibling, fsync'd, then ``os.replace`` (a killed writer's
+temporary is removed by the next write); appends are ``O_APPEND`` writes, fsync'd, cut
+back on failure. A local OSError that names no path is raised again naming it, and
+:func:`os_error_line` gives any OSError as the one line the CLI prints.
 
 On a remote path, a storage error (missing bucket, no permission, server gone) is raised
 as one :class:`~dsl_jax.errors.UserError` line naming the path (see :func:`user_errors`);
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import glob as _glob
 import os
 import posixpath
@@ -140,7 +143,23 @@ def _is_storage_error(e: BaseException) -> bool:
     return isinstance(e, tuple(kinds))
 
 
+# errno -> the reason shown for an OSError (one line, with the path; see docs/storage.md)
+_ERRNO_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
 def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in _ERRNO_REASONS:
+        return _ERRNO_REASONS[e.errno]
     if isinstance(e, FileNotFoundError):
         return "not found (no such file, directory or bucket)"
     first = _first_line(e)
@@ -167,6 +186,25 @@ def user_errors(what) -> Iterator[None]:
         if not _is_storage_error(e):
             raise
         raise UserError(f"{what}: {_reason(e)}") from None
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line ``"PATH: reason"`` (``"PATH -> PATH2: reason"`` for a
+    rename; the reason alone when the error names no path): what the CLI prints."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {_reason(e)}" if where else _reason(e)
+
+
+@contextlib.contextmanager
+def named_errors(p) -> Iterator[None]:
+    """An OSError inside the block that names no path (``os.write`` on a descriptor,
+    a flush) is raised again naming ``p``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            e.filename = str(p)
+        raise
 
 
 def _remote(p):
@@ -264,28 +302,105 @@ def read_text(p) -> str:
 # ---- writing -----------------------------------------------------------------------
 
 def makedirs(p) -> None:
-    """``mkdir -p`` locally; nothing for a bucket prefix (objects need no directories)."""
-    if not is_remote(p):
-        os.makedirs(os.path.expanduser(p), exist_ok=True)
+    """``mkdir -p`` locally; nothing for a bucket prefix (objects need no directories).
+    A regular file on the way is an ENOTDIR error naming that file."""
+    if is_remote(p):
+        return
+    p = os.path.expanduser(p)
+    try:
+        os.makedirs(p, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        check_can_create(p)
+        raise
+
+
+def check_can_create(p) -> None:
+    """For a local path, an ENOTDIR error naming the regular file (or link to one) that
+    stands where ``p`` or one of its parent folders should be; creates nothing. Commands
+    whose output is written only at the end call it before any work."""
+    if is_remote(p):
+        return
+    p = os.path.abspath(os.path.expanduser(p))
+    parts = []
+    while p and not os.path.lexists(p):
+        parts.append(p)
+        p = os.path.dirname(p)
+    if parts and p and not os.path.isdir(p):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), p)
+    if not parts and os.path.lexists(p) and not os.path.isdir(p):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), p)
+
+
+def temp_sibling(p, tag: str = "tmp") -> str:
+    """The temporary a local write of ``p`` goes through: a hidden sibling
+    ``.NAME.TAG-HOST-PID``, unique to this process, so a later run recognises (and
+    :func:`remove_stale_temps` removes) what a killed one left."""
+    p = os.path.abspath(os.path.expanduser(p))
+    host = _host()
+    return os.path.join(os.path.dirname(p),
+                        f".{os.path.basename(p)}.{tag}-{host}-{os.getpid()}")
+
+
+def _host() -> str:
+    return os.uname().nodename.replace("-", "_").replace("/", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(p, tag: str = "tmp") -> None:
+    """Remove the temporaries (files or folders, see :func:`temp_sibling`) that writes of
+    local ``p`` by processes of this machine no longer running left behind."""
+    if is_remote(p):
+        return
+    p = os.path.abspath(os.path.expanduser(p))
+    parent, prefix = os.path.dirname(p), f".{os.path.basename(p)}.{tag}-{_host()}-"
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+            stale = os.path.join(parent, name)
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(stale)
 
 
 def write_bytes(p, data: bytes) -> None:
     """The whole file, atomically: readers see the old contents or the new, never part
-    (local: temporary file + fsync + ``os.replace``; remote: one upload)."""
+    (local: a hidden temporary sibling (:func:`temp_sibling`), fsync'd, then
+    ``os.replace``; the temporary is removed on any failure, and by the next write of
+    ``p`` when a killed process left it; remote: one upload)."""
     if is_remote(p):
         with user_errors(p):
             path(p).write_bytes(data)
         return
     p = os.path.expanduser(p)
-    tmp = f"{p}.tmp-{os.getpid()}"
+    remove_stale_temps(p)
+    tmp = temp_sibling(p)
     try:
         with builtins.open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except OSError as e:  # named by the file asked for, not by its temporary
+        if e.filename == tmp or (e.filename is None and e.errno is not None):
+            e.filename = p
+        raise
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
@@ -294,19 +409,33 @@ def write_text(p, text: str) -> None:
 
 
 def append_bytes(p, data: bytes) -> None:
-    """Add ``data`` at the end of ``p`` (created if missing). Local: one ``O_APPEND``
-    write, fsync'd (concurrent appenders never interleave within a call); remote: the
-    object is read and rewritten whole (one writer at a time)."""
+    """Add ``data`` at the end of ``p`` (created if missing). Local: ``O_APPEND`` writes
+    (repeated until all is written), fsync'd; on a failure the file is cut back to its
+    length before the call, so it never keeps part of ``data``. Remote: the object is
+    read and rewritten whole (one writer at a time)."""
     if is_remote(p):
         old = read_bytes(p) if isfile(p) else b""
         write_bytes(p, old + data)
         return
-    fd = os.open(os.path.expanduser(p), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    p = os.path.expanduser(p)
+    with named_errors(p):
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            before = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "write wrote nothing", p)
+                    view = view[n:]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                raise
+        finally:
+            os.close(fd)
 
 
 def remove(p) -> None:
@@ -344,19 +473,26 @@ def _files_under(p) -> list[str]:
     return sorted(posixpath.relpath(f, base) for f in fs.find(base))
 
 
-def copytree(src, dst) -> None:
+def copytree(src, dst, last: str | None = None) -> None:
     """Copy every file under directory ``src`` to the same relative path under ``dst``
-    (either may be local or remote; existing files at ``dst`` are overwritten)."""
-    if not is_remote(src) and not is_remote(dst):
+    (either may be local or remote; existing files at ``dst`` are overwritten). ``last``:
+    a relative path copied after every other file (a completion marker)."""
+    if not is_remote(src) and not is_remote(dst) and last is None:
         shutil.copytree(os.path.expanduser(src), os.path.expanduser(dst), dirs_exist_ok=True)
         return
     with user_errors(src if is_remote(src) else dst):
-        for rel in _files_under(src):
+        rels = _files_under(src)
+        if last in rels:
+            rels = [r for r in rels if r != last] + [last]
+        for rel in rels:
             a, b = join(src, *rel.split("/")), join(dst, *rel.split("/"))
             if is_remote(a) and is_remote(b):  # a copy made by the server, no bytes here
                 _fs(a).copy(str(a), str(b))
             elif is_remote(b):  # streamed upload
                 _fs(b).put_file(os.path.expanduser(a), str(b))
+            elif not is_remote(a):
+                makedirs(os.path.dirname(b))
+                shutil.copyfile(os.path.expanduser(a), b)
             else:  # streamed download
                 makedirs(os.path.dirname(b))
                 _fs(a).get_file(str(a), b)

@@ -99,7 +99,9 @@ def run(args) -> int:
     require(len(names) == len(args.ckpt),
             f"--names: {len(names)} name(s) for {len(args.ckpt)} checkpoint(s)")
     require(len(set(names)) == len(names), f"--names: names must differ, got {names}")
-    configs = {c: checkpoint.model_config(checkpoint.read_meta(c)) for c in args.ckpt}
+    configs = {c: checkpoint.model_config(checkpoint.read_meta(c),
+                                          storage.join(c, checkpoint.META_FILE))
+               for c in args.ckpt}
     vocabs = {c: mc.vocab_size for c, mc in configs.items()}
     require(len(set(vocabs.values())) == 1,
             f"checkpoints have different vocabularies: {vocabs}")
@@ -128,12 +130,18 @@ def run(args) -> int:
     top = max(max(t) for t in ids)
     require(top < vocab, f"tokenizer {tok_path} produces id {top}, outside the checkpoints' "
             f"vocabulary ({vocab})")
+    max_len = min(mc.max_sequence_length for mc in configs.values())
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    require(len(ids[longest]) <= max_len,
+            f"--texts: text {text_ids[longest]} has {len(ids[longest])} tokens, more than the "
+            f"model's max_sequence_length {max_len}; use shorter texts"
+            + (" or --max-length" if args.protocol == "grid" else ""))
 
+    storage.check_can_create(args.out)  # a file where the folder goes: now, not at the end
     mesh = make_mesh(parse_mesh(args.mesh))
     run_fields = {"dtype": args.dtype} if args.dtype else {}
     models = {}
     for name, c in zip(names, args.ckpt):
-        print(f"loading {c}", file=sys.stderr)
         models[name] = checkpoint.load(c, mesh=mesh, kind="llada", **run_fields)
     rows = R.run_robustness(models, ids, cells, seed=args.seed, text_ids=text_ids,
                             batch_size=args.batch_size, progress=True)

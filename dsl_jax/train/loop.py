@@ -7,6 +7,7 @@ writes is described there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -40,6 +41,8 @@ def validate(cfg) -> None:
     require(int(cfg.eval.every) >= 0 and int(cfg.eval.blocks) >= 0,
             "eval.every and eval.blocks must be >= 0")
     require(bool(cfg.out_dir), "out_dir: set the run directory")
+    require(cfg.resume in RESUME_CHOICES,
+            f"resume must be one of {', '.join(RESUME_CHOICES)}, got {cfg.resume!r}")
     require(int(cfg.loss_chunk) > 0,
             f"loss_chunk must be positive (positions per loss chunk), got {cfg.loss_chunk}")
     from dsl_jax.train.events import profile_range
@@ -117,7 +120,11 @@ def _prune_data_states(out_dir: str, keep_steps) -> None:
 # and evaluates, what it profiles, where out_dir is written from and the mesh (a
 # checkpoint restores onto any mesh; the batches depend on data.streams, not the hosts).
 RESUME_MAY_CHANGE = ("steps", "log_every", "save_every", "keep", "eval.every",
-                     "profile_steps", "out_dir", "mesh")
+                     "profile_steps", "out_dir", "mesh", "resume")
+# resume="auto" resumes the run in out_dir; "overwrite" deletes it and starts afresh.
+RESUME_CHOICES = ("auto", "overwrite")
+# What a run writes in out_dir (docs/checkpoint.md section 4), deleted by resume=overwrite.
+RUN_ENTRIES = ("checkpoints", "data_state", "final", "profile", "config.json", "metrics.jsonl")
 
 
 def train_inputs(cfg) -> dict:
@@ -160,6 +167,8 @@ def check_resume_settings(cfg, out_dir: str) -> bool:
     ckdir = storage.join(out_dir, "checkpoints")
     if not storage.isdir(ckdir) or not any(n.isdigit() for n in storage.listdir(ckdir)):
         return False
+    if cfg.get("resume", "auto") == "overwrite":
+        return False  # train() deletes the old run first
     path = storage.join(out_dir, "config.json")
     require(storage.isfile(path), f"{path}: missing; {out_dir} holds checkpoints of a run "
             "whose settings are unknown; use a new out_dir")
@@ -172,8 +181,20 @@ def check_resume_settings(cfg, out_dir: str) -> bool:
                           for k in differ[:6]) + (f" (and {len(differ) - 6} more)"
                                                   if len(differ) > 6 else "")
         raise UserError(f"{out_dir}: holds a run started with other settings ({shown}); "
-                        "use a new out_dir, or restore these settings to resume it")
+                        "use a new out_dir, restore these settings to resume it, or pass "
+                        "--config.resume=overwrite to delete it and start afresh")
     return True
+
+
+def clear_run(out_dir: str) -> None:
+    """Delete what a training run wrote in ``out_dir`` (:data:`RUN_ENTRIES` and its
+    TensorBoard event files); anything else there is left alone."""
+    if not storage.isdir(out_dir):
+        return
+    for name in storage.listdir(out_dir):
+        if name in RUN_ENTRIES or name.startswith("events.out.tfevents"):
+            path = storage.join(out_dir, name)
+            storage.rmtree(path) if storage.isdir(path) else storage.remove(path)
 
 
 # ---- the loop ----------------------------------------------------------------------
@@ -210,17 +231,26 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
     storage.check_output_apart(out_dir, train_inputs(cfg), "out_dir")
     storage.require_bucket(out_dir)
     resuming = check_resume_settings(cfg, out_dir)
+    if cfg.resume == "overwrite":
+        if lead:
+            clear_run(out_dir)
+        from dsl_jax.checkpoint import sync_hosts
+        sync_hosts(f"dsl_jax.train.overwrite:{out_dir}")
     profiler = StepProfiler(out_dir, cfg.profile_steps)
     final_path = storage.join(out_dir, "final")
     steps = int(cfg.steps)
     setup = build_train_step(cfg, mesh)
+    # A fresh run's model first: a bad init_ckpt is refused before out_dir is written.
+    model = None if resuming else initial_model(cfg, mc, mesh)
     if lead:
         storage.makedirs(out_dir)
         if not resuming:  # a resumed run keeps the config.json it was started with
             write_atomic(storage.join(out_dir, "config.json"), cfg.to_json(indent=2))
 
+    # (cleanup_tmp_directories: a save killed midway left orbax's STEP.orbax-checkpoint-tmp*)
     options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.keep), create=True,
-                                           enable_async_checkpointing=True)
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
     mngr = ocp.CheckpointManager(storage.join(out_dir, "checkpoints"), options=options)
     latest = mngr.latest_step()
 
@@ -232,7 +262,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
 
     if latest is None:
         start = 0
-        model = initial_model(cfg, mc, mesh)
+        model = model if model is not None else initial_model(cfg, mc, mesh)
         part, state = init_train_state(model, cfg.objective, setup.optimizer, mesh)
         del model
     else:
@@ -240,8 +270,11 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
                 f"steps={steps}; use a new out_dir or raise steps")
         start = latest
         part = setup.partition
-        restored = mngr.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(setup.abstract_state)))
+        from dsl_jax.checkpoint import read_errors
+        with storage.user_errors(out_dir), read_errors(storage.join(out_dir, "checkpoints",
+                                                                    str(latest))):
+            restored = mngr.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(setup.abstract_state)))
         state = restored.state
         states = {}
         for i in data.ids:
@@ -359,6 +392,17 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
         extra = {**tokenizer_files(storage.dirname(tok_path)), "tokenizer.json": tok_path}
         checkpoint.save_model(final_path, model, overwrite=True, extra_files=extra)
         return final_path
+    except BaseException as e:
+        # A failed save (a full disk) leaves no half-written step, and names the folder.
+        with contextlib.suppress(Exception):
+            mngr.close()
+        if lead:
+            ckdir = storage.join(out_dir, "checkpoints")
+            for tmp in storage.glob(storage.join(ckdir, "*.orbax-checkpoint-tmp*")):
+                storage.rmtree(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            e.filename = storage.join(out_dir, "checkpoints")
+        raise
     finally:
         profiler.stop()
         bar.close()
