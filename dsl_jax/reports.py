@@ -24,12 +24,22 @@ def num(x, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if x is None else f"{x * scale:.{digits}f}"
 
 
+def markdown_cell(value) -> str:
+    """``value`` as the text of one Markdown table cell: a ``|`` escaped (else it would
+    split the cell), a backslash before one kept, line breaks as spaces (else they
+    would end the row)."""
+    return " ".join(str(value).replace("\\", "\\\\").replace("|", "\\|").splitlines())
+
+
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     """A Markdown table (no trailing newline): the first ``left`` columns left-aligned
-    (labels), the others right-aligned (numbers)."""
+    (labels), the others right-aligned (numbers); every cell escaped
+    (:func:`markdown_cell`), so names and texts holding ``|`` or line breaks stay in
+    their cell."""
     align = ["---"] * left + ["---:"] * (len(head) - left)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(markdown_cell(c) for c in head) + " |",
+             "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

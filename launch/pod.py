@@ -64,6 +64,12 @@ def gcloud_argv(gcloud: str, tpu: str, zone: str, project: str | None, worker: s
                 extra: list[str], command: str) -> list[str]:
     """The argv that runs ``command`` on ``worker`` ("all" or e.g. "0,1") of ``tpu``."""
     require(bool(tpu.strip()) and bool(zone.strip()), "--tpu and --zone must not be empty")
+    for flag, value in (("--tpu", tpu), ("--zone", zone), ("--project", project or "")):
+        # gcloud would take a value such as --command=... as an option of its own
+        require(not value.startswith("-") and not any(c.isspace() for c in value),
+                f"{flag} {value!r}: expected a name (no leading '-', no spaces)")
+    require(worker == "all" or bool(re.fullmatch(r"\d+(,\d+)*", worker)),
+            f"--worker {worker!r}: expected 'all' or worker numbers such as 0,1")
     argv = [gcloud, "compute", "tpus", "tpu-vm", "ssh", tpu, "--zone", zone]
     if project:
         argv += ["--project", project]

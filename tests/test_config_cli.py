@@ -113,14 +113,21 @@ def test_any_failure_is_one_line_and_debug_keeps_the_traceback(monkeypatch, caps
     from dsl_jax.commands import forward
 
     def broken(args):
-        raise OSError(28, "No space left on device\nmore detail")
+        raise RuntimeError("the server went away\nmore detail")
+
+    def full(args):
+        raise OSError(28, "No space left on device", "/runs/x/part")
 
     monkeypatch.setattr(forward, "run", broken)
     monkeypatch.delenv("DSL_JAX_DEBUG", raising=False)
     assert cli.main(["forward", "--model", "tiny"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["dsl-jax forward: error: OSError: [Errno 28] No space left on device "
+    assert err == ["dsl-jax forward: error: RuntimeError: the server went away "
                    "(run with DSL_JAX_DEBUG=1 for the traceback)"]
+    monkeypatch.setattr(forward, "run", full)  # an OSError: the path and the reason
+    assert cli.main(["forward", "--model", "tiny"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dsl-jax forward: error: /runs/x/part: no space left on device"]
     monkeypatch.setenv("DSL_JAX_DEBUG", "1")
     with pytest.raises(OSError, match="No space left"):
         cli.main(["forward", "--model", "tiny"])

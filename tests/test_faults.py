@@ -111,6 +111,46 @@ def world(tmp_path_factory, mesh1_module):
     w["MASKCK"] = str(d / "maskck")
     checkpoint.save_model(w["MASKCK"], LLaDA(config.preset(
         "tiny", dtype="float32", mask_token_id=tiny.vocab_size - 1), rngs=nnx.Rngs(params=0)))
+    # Damaged copies of INIT (with its tokenizer): a data file truncated, one emptied, the
+    # tree's metadata deleted, dsl_jax.json cut short, a model config value of the wrong type.
+    import glob
+    import shutil
+    shutil.copy(w["TOK"], os.path.join(w["INIT"], "tokenizer.json"))
+    for name in ("TRUNC", "EMPTIED", "NOTREE", "CUTMETA", "BADCFG"):
+        w[name] = str(d / f"ck_{name.lower()}")
+        shutil.copytree(w["INIT"], w[name])
+    biggest = lambda root: max(glob.glob(root + "/params/ocdbt.process_*/d/*"),  # noqa: E731
+                               key=os.path.getsize)
+    big = biggest(w["TRUNC"])
+    open(big, "r+b").truncate(os.path.getsize(big) // 2)
+    open(biggest(w["EMPTIED"]), "wb").close()
+    os.remove(os.path.join(w["NOTREE"], "params", "_METADATA"))
+    meta = open(os.path.join(w["CUTMETA"], "dsl_jax.json")).read()
+    open(os.path.join(w["CUTMETA"], "dsl_jax.json"), "w").write(meta[:len(meta) // 2])
+    meta = json.loads(meta)
+    meta["model"]["rope_theta"] = "big"
+    open(os.path.join(w["BADCFG"], "dsl_jax.json"), "w").write(json.dumps(meta))
+    # Hugging Face folders whose config.json has a value of the wrong type.
+    for name, key, value in (("HF_STRDIM", "d_model", "64"), ("HF_STREPS", "rms_norm_eps", "tiny"),
+                             ("HF_STRVOCAB", "vocab_size", "96")):
+        w[name] = str(d / name.lower())
+        shutil.copytree(w["HF"], w[name])
+        hf_cfg = json.load(open(os.path.join(w["HF"], "config.json")))
+        hf_cfg[key] = value
+        open(os.path.join(w[name], "config.json"), "w").write(json.dumps(hf_cfg))
+    w["LONG"] = str(d / "texts" / "long.txt")
+    open(w["LONG"], "w").write(" ".join(["the cat sat on a mat"] * 100) + "\n")
+    w["EMPTY"] = str(d / "texts" / "empty.jsonl")
+    open(w["EMPTY"], "w").write("")
+    # Two benchmark files whose keys collide even with their folders' names.
+    for sub in ("x", "y"):
+        os.makedirs(d / "texts" / sub / "b1")
+        shutil.copy(w["BENCH"], d / "texts" / sub / "b1" / "test.jsonl")
+    # A finished sweep (lead-1 cell: no model needed), to be refused with other settings.
+    w["SWEEP"] = str(d / "sweep")
+    assert main(["eval", f"--config.ckpt={w['CK']}", f"--config.out_dir={w['SWEEP']}",
+                 f"--config.benchmarks=jsonl:{w['BENCH']}", "--config.samplers=lead1",
+                 "--config.nfe=8", "--config.plots=false"]) == 0
     w["RUN"] = str(d / "run")
     cfg = load_train_config("configs/dsl_small.py", _train_overrides(w))
     os.makedirs(os.path.join(w["RUN"], "checkpoints", "2"))
@@ -233,6 +273,200 @@ CASES = [
          "optimizer.lr: 0.001 -> 0.1"),
     Case("resume with another seed and objective", _train(seed=5, objective="mdm"),
          "(objective: 'dsl' -> 'mdm', seed: 0 -> 5)"),
+    Case("resume choice unknown", _train(resume="yes"),
+         "resume must be one of auto, overwrite, got 'yes'"),
+    Case("train steps negative", _train(steps=-1), "steps must be positive, got -1"),
+    Case("train steps not a number", _train(steps="abc"), "config steps: expected int"),
+    Case("train unknown key", TRAIN + ["--config.nosuch=1"], "unknown config key 'nosuch'"),
+    Case("train config file missing", ["train", "--config", "configs/nosuch.py"],
+         "no such config file"),
+    Case("train init_ckpt damaged", _train(init_ckpt="{EMPTIED}", out_dir="{W}/run2"),
+         "the checkpoint is damaged or incomplete ("),
+    # 4. Damaged checkpoints: one line naming the checkpoint, for every reader.
+    Case("forward ckpt truncated", ["forward", "--model", "{TRUNC}"],
+         "{TRUNC}: the checkpoint is damaged or incomplete ("),
+    Case("forward ckpt tree metadata deleted", ["forward", "--model", "{NOTREE}"],
+         "{NOTREE}: the checkpoint is damaged or incomplete (no readable tree metadata"),
+    Case("forward ckpt meta cut", ["forward", "--model", "{CUTMETA}"], "not valid JSON"),
+    Case("forward ckpt config wrong type", ["forward", "--model", "{BADCFG}"],
+         "rope_theta must be a number, got 'big'"),
+    Case("sample ckpt truncated", ["sample", "--no-progress", "--ckpt", "{TRUNC}", "--prompt",
+                                   "hi", "--sampler", "remask", "--nfe", "4",
+                                   "--gen-length", "4"],
+         "the checkpoint is damaged or incomplete"),
+    Case("sample ckpt emptied file", ["sample", "--no-progress", "--ckpt", "{EMPTIED}",
+                                      "--prompt", "hi", "--sampler", "remask", "--nfe", "4",
+                                      "--gen-length", "4"],
+         "the checkpoint is damaged or incomplete ("),
+    Case("sample ckpt config wrong type", ["sample", "--no-progress", "--ckpt", "{BADCFG}",
+                                           "--prompt", "hi", "--sampler", "remask"],
+         "{BADCFG}/dsl_jax.json: rope_theta must be a number, got 'big'"),
+    Case("export ckpt truncated", ["export", "--no-progress", "--ckpt", "{TRUNC}", "--hf",
+                                   "{W}/exp"], "the checkpoint is damaged or incomplete"),
+    Case("export ckpt meta cut", ["export", "--no-progress", "--ckpt", "{CUTMETA}", "--hf",
+                                  "{W}/exp"], "dsl_jax.json: not valid JSON"),
+    Case("export ckpt missing", ["export", "--no-progress", "--ckpt", "{W}/nosuch", "--hf",
+                                 "{W}/exp"], "no such checkpoint directory"),
+    Case("export hf exists", ["export", "--no-progress", "--ckpt", "{CK}", "--hf",
+                              "{EXPORTED}"], "pass --overwrite to replace it"),
+    Case("robustness ckpt truncated", ["robustness", "--no-plot", "--ckpt", "{TRUNC}",
+                                       "--texts", "{TEXTS}", "--out", "{W}/rob"],
+         "the checkpoint is damaged or incomplete"),
+    Case("robustness ckpt tree metadata deleted", ["robustness", "--no-plot", "--ckpt",
+                                                   "{NOTREE}", "--texts", "{TEXTS}", "--out",
+                                                   "{W}/rob"],
+         "no readable tree metadata"),
+    Case("eval ckpt emptied file", ["eval", "--config.ckpt={EMPTIED}",
+                                    "--config.out_dir={W}/ev", "--config.benchmarks=jsonl:{BENCH}",
+                                    "--config.samplers=remask", "--config.nfe=4",
+                                    "--config.gen_length=4", "--config.plots=false"],
+         "the checkpoint is damaged or incomplete"),
+    Case("verify ckpt missing", ["verify", "--hf", "{HF}", "--ckpt", "{W}/nosuch"],
+         "no such checkpoint directory"),
+    # 5. convert: Hugging Face folders and config.json values.
+    Case("convert d_model a string", ["convert", "--no-progress", "--hf", "{HF_STRDIM}",
+                                      "--out", "{W}/new"], "d_model must be an integer, got '64'"),
+    Case("convert rms_norm_eps a string", ["convert", "--no-progress", "--hf", "{HF_STREPS}",
+                                           "--out", "{W}/new"],
+         "config.json: rms_norm_eps must be a number, got 'tiny'"),
+    Case("convert vocab_size a string", ["convert", "--no-progress", "--hf", "{HF_STRVOCAB}",
+                                         "--out", "{W}/new"], "vocab_size must be an integer"),
+    Case("convert hf missing", ["convert", "--no-progress", "--hf", "{W}/nosuch", "--out",
+                                "{W}/new"], "nosuch"),
+    Case("convert out exists", ["convert", "--no-progress", "--hf", "{HF}", "--out",
+                                "{EXPORTED}"], "pass --overwrite to replace it"),
+    Case("convert bad dtype", ["convert", "--hf", "{HF}", "--out", "{W}/new", "--dtype",
+                               "int8"], "argument --dtype: invalid choice"),
+    Case("convert bad mesh", ["convert", "--no-progress", "--hf", "{HF}", "--out", "{W}/new",
+                              "--mesh", "bogus=2"], "unknown axis name(s) ['bogus']"),
+    # 6. sample: flags and prompts.
+    Case("sample sde needs dsl", ["sample", "--no-progress", "--ckpt", "{INIT}", "--prompt",
+                                  "hi"], "checkpoint has no DSL parameters"),
+    Case("sample knob on remask", ["sample", "--no-progress", "--ckpt", "{INIT}", "--prompt",
+                                   "hi", "--sampler", "remask", "--s-min", "0.1"], "--s-min"),
+    Case("sample nfe 1", ["sample", "--no-progress", "--ckpt", "{INIT}", "--prompt", "hi",
+                          "--sampler", "remask", "--nfe", "0"], "nfe"),
+    Case("sample gen-length 0", ["sample", "--no-progress", "--ckpt", "{INIT}", "--prompt",
+                                 "hi", "--sampler", "remask", "--gen-length", "0"],
+         "--gen-length must be positive, got 0"),
+    Case("sample batch-size 0", ["sample", "--no-progress", "--ckpt", "{INIT}", "--prompt",
+                                 "hi", "--sampler", "remask", "--batch-size", "0"],
+         "--batch-size must be positive, got 0"),
+    Case("sample empty prompts file", ["sample", "--no-progress", "--ckpt", "{INIT}",
+                                       "--prompts-file", "{EMPTY}", "--sampler", "remask"],
+         "no prompts"),
+    Case("sample nfe not a number", ["sample", "--ckpt", "{INIT}", "--prompt", "hi", "--nfe",
+                                     "many"], "argument --nfe: invalid int value: 'many'"),
+    # 7. eval: benchmarks, samplers, numbers, a sweep's settings.
+    Case("eval benchmark keys collide", ["eval", "--config.ckpt={CK}", "--config.out_dir={W}/ev",
+                                         "--config.benchmarks=jsonl:{W}/texts/x/b1/test.jsonl,"
+                                         "jsonl:{W}/texts/y/b1/test.jsonl",
+                                         "--config.samplers=lead1", "--config.nfe=8"],
+         "rename a file or its folder"),
+    Case("eval sweep rerun with other settings", ["eval", "--config.ckpt={CK}",
+                                                  "--config.out_dir={SWEEP}",
+                                                  "--config.benchmarks=jsonl:{BENCH}",
+                                                  "--config.samplers=lead1", "--config.nfe=8",
+                                                  "--config.max_words=7",
+                                                  "--config.plots=false"],
+         "holds results of different settings (max_words:"),
+    Case("eval empty benchmark file", ["eval", "--config.ckpt={CK}", "--config.out_dir={W}/ev",
+                                       "--config.benchmarks=jsonl:{EMPTY}",
+                                       "--config.samplers=lead1", "--config.nfe=8"],
+         "has no non-empty example"),
+    Case("eval unknown sampler", ["eval", "--config.ckpt={CK}", "--config.out_dir={W}/ev",
+                                  "--config.benchmarks=jsonl:{BENCH}",
+                                  "--config.samplers=nosuch", "--config.nfe=8"],
+         "unknown sampler 'nosuch'"),
+    Case("eval nfe 0", ["eval", "--config.ckpt={CK}", "--config.out_dir={W}/ev",
+                        "--config.benchmarks=jsonl:{BENCH}", "--config.samplers=remask",
+                        "--config.nfe=0"], "each NFE must be at least 2, got 0"),
+    Case("eval nfe not a number", ["eval", "--config.nfe=x"],
+         "expected comma-separated integers, got 'x'"),
+    Case("eval unknown benchmark", ["eval", "--config.ckpt={CK}", "--config.out_dir={W}/ev",
+                                    "--config.benchmarks=nosuchbench",
+                                    "--config.samplers=lead1"], "unknown benchmark 'nosuchbench'"),
+    Case("eval gen_length negative", ["eval", "--config.gen_length=-1"],
+         "gen_length: must be positive"),
+    Case("eval unknown key", ["eval", "--config.nosuchkey=1"], "unknown config key 'nosuchkey'"),
+    # 8. robustness: texts and flags.
+    Case("robustness text longer than the model", ["robustness", "--no-plot", "--ckpt",
+                                                   "{INIT}", "--texts", "{LONG}", "--protocol",
+                                                   "grid", "--max-length", "1000", "--out",
+                                                   "{W}/rob"],
+         "more than the model's max_sequence_length 256"),
+    Case("robustness empty texts", ["robustness", "--no-plot", "--ckpt", "{INIT}", "--texts",
+                                    "{EMPTY}", "--out", "{W}/rob"], "no text in the file"),
+    Case("robustness rate out of range", ["robustness", "--no-plot", "--ckpt", "{INIT}",
+                                          "--protocol", "grid", "--rates", "1.5", "--out",
+                                          "{W}/rob"], "each rate must be in (0, 1), got 1.5"),
+    Case("robustness rates with paper protocol", ["robustness", "--no-plot", "--ckpt", "{INIT}",
+                                                  "--rates", "0.1", "--out", "{W}/rob"],
+         "--rates applies to --protocol grid"),
+    Case("robustness names count", ["robustness", "--no-plot", "--ckpt", "{INIT}", "--names",
+                                    "a,b", "--out", "{W}/rob"],
+         "--names: 2 name(s) for 1 checkpoint(s)"),
+    Case("robustness texts not txt or jsonl", ["robustness", "--no-plot", "--ckpt", "{INIT}",
+                                               "--texts", "{W}/data", "--out", "{W}/rob"],
+         "expected a .txt or .jsonl file"),
+    # 9. forward.
+    Case("forward ids not numbers", ["forward", "--ids", "1,x"],
+         "--ids: expected comma-separated integers"),
+    Case("forward id outside vocabulary", ["forward", "--ids", "1,999999"],
+         "token id 999999 is out of range"),
+    Case("forward batch 0", ["forward", "--batch", "0"], "--batch and --length must be positive"),
+    Case("forward unknown mesh axis", ["forward", "--mesh", "bogus=2"], "unknown axis name"),
+    Case("forward mesh too large", ["forward", "--mesh", "fsdp=3"], "needs 3 devices, have 8"),
+    Case("forward model missing", ["forward", "--model", "nosuch"], "nosuch: no such config file"),
+    Case("forward model a text file", ["forward", "--model", "{TEXTS}"], "not valid JSON"),
+    # 10. launch: values reaching gcloud, the command.
+    Case("launch tpu value is an option", ["launch", "--tpu=--command=ls", "--zone", "z",
+                                           "--dry-run", "--", "forward"],
+         "--tpu '--command=ls': expected a name"),
+    Case("launch project value is an option", ["launch", "--tpu", "t", "--zone", "z",
+                                               "--project=--impersonate", "--dry-run", "--",
+                                               "forward"], "--project '--impersonate'"),
+    Case("launch worker negative", ["launch", "--tpu", "t", "--zone", "z", "--worker=-1",
+                                    "--dry-run", "--", "forward"],
+         "--worker '-1': expected 'all' or worker numbers"),
+    Case("launch zone missing value", ["launch", "--tpu", "t", "--zone", "-z", "--", "forward"],
+         "argument --zone: expected one argument"),
+    Case("launch no command", ["launch", "--tpu", "t", "--zone", "z", "--dry-run"],
+         "no command given"),
+    Case("launch env without value", ["launch", "--tpu", "t", "--zone", "z", "--env", "NOEQ",
+                                      "--dry-run", "--", "forward"], "expected KEY=VALUE"),
+    Case("launch unknown subcommand", ["launch", "--tpu", "t", "--zone", "z", "--dry-run", "--",
+                                       "nosuch"], "'nosuch' is not a dsl-jax subcommand"),
+    Case("launch itself", ["launch", "--tpu", "t", "--zone", "z", "--dry-run", "--", "launch"],
+         "launch cannot run itself"),
+    # 11. compile-check: topologies and sizes.
+    Case("compile-check zero dimension", ["compile-check", "--topology", "v5p:0x2x2"],
+         "every dimension must be a positive number of chips"),
+    Case("compile-check negative dimension", ["compile-check", "--topology", "v5p:-1x2x2"],
+         "every dimension must be a positive number of chips"),
+    Case("compile-check wrong dimension count", ["compile-check", "--topology", "v5p:2x2"],
+         "a v5p topology has 3 dimensions"),
+    Case("compile-check odd core count", ["compile-check", "--topology", "v5p-7"],
+         "N must be one of 8, 16"),
+    Case("compile-check zero slices", ["compile-check", "--num-slices", "0"],
+         "--num-slices must be at least 1, got 0"),
+    Case("compile-check batch 0", ["compile-check", "--batch", "0"],
+         "--batch must be positive, got 0"),
+    # 12. pod-sim, bench, demo, lm-eval.
+    Case("pod-sim zero processes", ["pod-sim", "-n", "0", "--", "forward"],
+         "-n must be at least 1, got 0"),
+    Case("pod-sim zero devices", ["pod-sim", "--devices-per-process", "0", "--", "forward"],
+         "--devices-per-process must be at least 1"),
+    Case("pod-sim local-only command", ["pod-sim", "--", "demo"],
+         "demo runs on this machine alone"),
+    Case("pod-sim unknown subcommand", ["pod-sim", "--", "nosuch"],
+         "'nosuch' is not a dsl-jax subcommand"),
+    Case("pod-sim no command", ["pod-sim"], "no command given"),
+    Case("bench unknown benchmark", ["bench", "nosuch"], "argument NAME: invalid choice: 'nosuch'"),
+    Case("demo unknown profile", ["demo", "--profile", "nosuch"],
+         "argument --profile: invalid choice: 'nosuch'"),
+    Case("lm-eval unknown task", ["lm-eval", "--model", "dsl-jax", "--model_args",
+                                  "ckpt={CK}", "--tasks", "nosuchtask"], "nosuchtask"),
 ]
 
 
@@ -334,3 +568,58 @@ def test_resumed_run_keeps_its_config_json(world, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "optimizer.lr: 0.001 -> 0.1" in err
     assert tree_hashes(w["RUN"]) == before
+
+
+@pytest.mark.slow
+def test_damaged_resume_refused_then_overwrite_starts_afresh(world, tmp_path, capsys):
+    """A run whose saved step is damaged is refused in one line, nothing changed;
+    --config.resume=overwrite (with other settings) deletes the old run and starts anew,
+    keeping files of the out_dir that are not the run's."""
+    import glob
+
+    w = {**world, "RUN": str(tmp_path / "run")}
+    argv = ["train", "--no-progress", "--config", "configs/dsl_small.py"]
+    assert main(argv + [f"--config.{x}" for x in _train_overrides(w, steps=2)]) == 0
+    open(os.path.join(w["RUN"], "notes.txt"), "w").write("mine")
+    victim = max((p for p in glob.glob(os.path.join(w["RUN"], "checkpoints", "2", "**"),
+                                       recursive=True) if os.path.isfile(p)),
+                 key=os.path.getsize)
+    open(victim, "r+b").truncate(os.path.getsize(victim) // 2)
+    capsys.readouterr()
+    before = tree_hashes(w["RUN"])
+    assert main(argv + [f"--config.{x}" for x in _train_overrides(w, steps=4)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "checkpoints/2: the checkpoint is damaged or incomplete" in err
+    assert tree_hashes(w["RUN"]) == before
+    # Other settings: refused, and the message names the way to start afresh.
+    assert main(argv + [f"--config.{x}" for x in _train_overrides(
+        w, steps=2, **{"optimizer.lr": 0.01})]) == 2
+    assert "--config.resume=overwrite" in capsys.readouterr().err
+    assert main(argv + [f"--config.{x}" for x in _train_overrides(
+        w, steps=2, resume="overwrite", **{"optimizer.lr": 0.01})]) == 0
+    assert json.load(open(os.path.join(w["RUN"], "config.json")))["optimizer"]["lr"] == 0.01
+    steps = [json.loads(x)["step"] for x in open(os.path.join(w["RUN"], "metrics.jsonl"))]
+    assert steps == [1, 2]  # the old run's metrics went with it
+    assert open(os.path.join(w["RUN"], "notes.txt")).read() == "mine"
+    assert len(glob.glob(os.path.join(w["RUN"], "events.out.tfevents*"))) == 1
+
+
+def test_markdown_and_csv_cells_keep_their_place():
+    """A name holding '|', a line break, a comma or quotes stays one cell: Markdown
+    escapes '|' (and a backslash), joins lines; CSV quotes (read back exactly)."""
+    import csv
+    import io
+
+    from dsl_jax.reports import csv_text, markdown_table
+
+    name = 'a|b\nc, "d"\\'
+    table = markdown_table(["Sampler", "R-1"], [[name, "1.00"]])
+    lines = table.split("\n")
+    assert len(lines) == 3
+    assert lines[2] == '| a\\|b c, "d"\\\\ | 1.00 |'
+    # Unescaped '|' separators: 3 per row, as in the header.
+    count = lambda s: len(s.replace("\\\\", "").replace("\\|", ""))  - len(  # noqa: E731
+        s.replace("\\\\", "").replace("\\|", "").replace("|", ""))
+    assert count(lines[2]) == count(lines[0]) == 3
+    text = csv_text(["name", "x"], [{"name": name, "x": 0.5}])
+    assert list(csv.reader(io.StringIO(text))) == [["name", "x"], [name, "0.500000"]]

@@ -51,6 +51,11 @@ def run(args) -> int:
     sys.argv = argv
     try:
         cli_evaluate()
+    except ValueError as e:  # lm_eval's word for a task name it does not know
+        if not str(e).startswith("Tasks not found"):
+            raise
+        from dsl_jax.errors import UserError
+        raise UserError(f"--tasks: {str(e).splitlines()[0]} (lm-eval ls tasks lists them)") from None
     finally:
         sys.argv = saved
     return 0

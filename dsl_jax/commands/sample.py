@@ -133,7 +133,8 @@ def run(args) -> int:
     why = f"sampler {args.sampler} needs them; {registry.dsl_hint()}"
     meta = checkpoint.read_meta(args.ckpt, kind, why)
     tok = Tokenizer.from_file(args.tokenizer or storage.join(args.ckpt, "tokenizer.json"))
-    tok.check_model(checkpoint.model_config(meta), args.ckpt)
+    tok.check_model(checkpoint.model_config(
+        meta, storage.join(args.ckpt, checkpoint.META_FILE)), args.ckpt)
     if args.prompt is not None:
         texts = [args.prompt]
     else:

@@ -381,7 +381,8 @@ def prepare(settings: Settings):
             for nfe in settings.nfe:
                 for sampler in settings.model_samplers:
                     try:
-                        registry.get(sampler).check(nfe, gen_length)
+                        registry.get(sampler).check(
+                            nfe, gen_length, settings.knobs(sampler).get("block_length"))
                     except UserError as e:
                         raise UserError(f"{bench.key}: {sampler}: {e}") from None
         loaded[bench.key] = (bench, examples, prompts, gen_length)
@@ -409,11 +410,8 @@ def _run_sweep(settings: Settings, generate_fn: GenerateFn | None, progress: boo
     tok, loaded = prepare(settings)
     host, n_hosts = _hosts()
     lead = host == 0
-    storage.makedirs(settings.out_dir)
-    if lead:
-        write_json(os.path.join(settings.out_dir, "sweep.json"), dataclasses.asdict(settings),
-                   sort_keys=True)
     cells = make_cells(settings, list(loaded), {k: v[0] for k, v in loaded.items()})
+    _check_reusable(settings, cells, loaded)  # before anything in out_dir changes
     timing_path = os.path.join(settings.out_dir, "timing.json")
     timing = {}
     if lead and storage.isfile(timing_path):
@@ -424,6 +422,10 @@ def _run_sweep(settings: Settings, generate_fn: GenerateFn | None, progress: boo
         # Every host loads the model here, before any host may skip its share: a checkpoint
         # restore is a collective of all hosts (the cell.json files are the same for all).
         generator[0] = make_generator(settings, tok)
+    storage.makedirs(settings.out_dir)  # (after the model loaded: a bad one changes nothing)
+    if lead:
+        write_json(os.path.join(settings.out_dir, "sweep.json"), dataclasses.asdict(settings),
+                   sort_keys=True)
 
     for cell in cells:
         bench, examples, prompts, gen_length = loaded[cell.bench.key]
@@ -514,9 +516,32 @@ def _run_sweep(settings: Settings, generate_fn: GenerateFn | None, progress: boo
     return rows
 
 
+def _check_reusable(settings: Settings, cells: list, loaded: dict) -> None:
+    """A sweep run again in its out_dir with settings that change a cell's results
+    (another checkpoint, seed, gen_length, knob, data draw...) is refused, naming the
+    cell and the differing keys, before any file is written; new cells (samplers, NFEs,
+    benchmarks added) are fine."""
+    for cell in cells:
+        bench, examples, _, gen_length = loaded[cell.bench.key]
+        fp = settings.cell_fingerprint(bench, gen_length, examples, cell.sampler)
+        cdir = cell_dir(settings.out_dir, cell)
+        done_file = os.path.join(cdir, "cell.json")
+        if storage.isfile(done_file):
+            stored = read_json(done_file).get("fingerprint", {})
+            require(stored == fp, f"{settings.out_dir}: cell {cell.name} holds results of "
+                    f"different settings ({_diff(stored, fp)}); use a new --config.out_dir")
+        elif storage.isfile(os.path.join(cdir, "settings.json")):
+            stored = read_json(os.path.join(cdir, "settings.json"))
+            require(stored == fp, f"{settings.out_dir}: cell {cell.name} holds partial results "
+                    f"of different settings ({_diff(stored, fp)}); use a new --config.out_dir")
+
+
 def _diff(a: dict, b: dict) -> str:
+    """The keys whose values differ, stored ``a`` vs now ``b`` (six shown, then a count)."""
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:3]) or "unknown"
+    shown = ", ".join(f"{k}: {a.get(k, '(unset)')!r} vs {b.get(k, '(unset)')!r}"
+                      for k in keys[:6])
+    return (shown + (f" (and {len(keys) - 6} more)" if len(keys) > 6 else "")) or "unknown"
 
 
 def _check_fingerprint_file(cdir: str, fp: dict, cell: Cell, out_dir: str, lead: bool) -> None:

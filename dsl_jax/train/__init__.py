@@ -77,6 +77,9 @@ def default_config():
         snrs="1,5,10,20,50",
     ))
     c.out_dir = "runs/train"  # a gs:// path, or a local path every host sees (on pods: NFS)
+    c.resume = "auto"  # "auto": a run already in out_dir is resumed (its own settings only);
+    # "overwrite": that run (checkpoints, final, metrics, config.json...) is deleted and a new
+    # one starts
     c.save_every = 100
     c.keep = 3  # checkpoints kept
     c.log_every = 10
