@@ -630,12 +630,16 @@ def test_sweep_knob_fields():
     s = sweep.Settings.from_config({"samplers": "sde,ode,remask"})
     assert s.knobs("sde") == {k: v for k, v in KNOB_DEFAULTS.items() if k in DSL_KNOBS
                               and k != "noise_scale"}
-    assert s.changed_knobs("sde") == {} and s.changed_knobs("remask") == {}
+    # The default prompt cache is recorded (cells of the exact sampler stay apart).
+    assert s.changed_knobs("sde") == {"cache_refresh": 8} and s.changed_knobs("remask") == {}
+    assert sweep.Settings.from_config({"samplers": "sde", "cache_refresh": "1"}
+                                      ).changed_knobs("sde") == {}
     assert s.knobs("remask") == {k: v for k, v in KNOB_DEFAULTS.items() if k in REMASK_KNOBS}
     s = sweep.Settings.from_config({"samplers": "sde,ode,remask", "noise_scale": "0.02",
                                     "top_k": "64", "snr_grid": "loglinear"})
-    assert s.changed_knobs("sde") == {"noise_scale": 0.02, "top_k": 64, "snr_grid": "loglinear"}
-    assert s.changed_knobs("ode") == {"top_k": 64, "snr_grid": "loglinear"}
+    assert s.changed_knobs("sde") == {"noise_scale": 0.02, "top_k": 64, "snr_grid": "loglinear",
+                                      "cache_refresh": 8}
+    assert s.changed_knobs("ode") == {"top_k": 64, "snr_grid": "loglinear", "cache_refresh": 8}
     assert s.changed_knobs("remask") == {}
     s = sweep.Settings.from_config({"samplers": "sde,remask", "threshold": "0.9",
                                     "remask_cache": "dual", "cache_refresh": "4"})
@@ -725,11 +729,11 @@ def test_prompt_cache_schedule_equals_float64_numpy():
         assert np.max(np.abs(got[k] - got[1])) > 1e-2
 
 
-def _tiny_batch(cfg, lengths, gen_length, seed=0):
+def _tiny_batch(cfg, lengths, gen_length, seed=0, P=None):
     r = np.random.default_rng(seed)
     prompts = [r.integers(6, cfg.vocab_size, n).tolist() for n in lengths]
     keys = [batching.row_key(0, i) for i in range(len(prompts))]
-    P = batching.bucket_length(max(lengths))
+    P = P or batching.bucket_length(max(lengths))
     return batching.make_batch(prompts, keys, gen_length, cfg.pad_token_id, len(prompts), P)
 
 
@@ -782,7 +786,9 @@ def test_cache_refresh_passes_and_tokens(tiny_dsl, monkeypatch):
         return original(self, x, *a, cache=cache, **k)
 
     prompts = tiny_prompts()[:2]  # 10 and 40 tokens: P = 48
-    plain = generate(tiny_dsl, prompts, sampler="sde", nfe=8, gen_length=16, seed=3)
+    plain = generate(tiny_dsl, prompts, sampler="sde", nfe=8, gen_length=16, seed=3,
+                     cache_refresh=1)  # no pass recorded: the uncached sampler
+    default = generate(tiny_dsl, prompts, sampler="sde", nfe=8, gen_length=16, seed=3)
     monkeypatch.setattr(model_mod.LLaDA, "hidden_states", recorded)
     out = {}
     F, C = ("full", 64), ("cached", 16)
@@ -793,7 +799,7 @@ def test_cache_refresh_passes_and_tokens(tiny_dsl, monkeypatch):
         out[k] = generate(tiny_dsl, prompts, sampler="sde", nfe=8, gen_length=16, seed=3,
                           cache_refresh=k)
         assert seen == want, (k, seen)
-    assert out[1] == plain
+    assert out[1] == plain and default == out[0]  # the default k = 8 >= N = 4: once
     assert out[4] == out[9] == out[0]
     assert out[2] != out[1] or out[0] != out[1]  # the approximation is not a no-op
 
@@ -864,11 +870,8 @@ def test_cache_refresh_keeps_batch_sharding_on_eight_devices(tiny_dsl, mesh8, mo
 # ---------------------------------------------------------------- remasking options (issue 13)
 
 
-def _tiny_batch(cfg, G, prompt_lengths=(10, 3), P=16):
-    r = np.random.default_rng(4)
-    prompts = [r.integers(6, cfg.vocab_size, n).tolist() for n in prompt_lengths]
-    keys = [batching.row_key(0, i) for i in range(len(prompts))]
-    b = batching.make_batch(prompts, keys, G, cfg.pad_token_id, len(prompts), P)
+def _remask_args(cfg, G, prompt_lengths=(10, 3), P=16):
+    b = _tiny_batch(cfg, prompt_lengths, G, seed=4, P=P)
     return [jnp.asarray(a) for a in (b.prompt_ids, b.attention_mask, b.positions, b.keys)]
 
 
@@ -883,7 +886,7 @@ def test_remask_caches_refreshed_every_step_equal_no_cache(tiny_dsl, monkeypatch
     from dsl_jax.sampling.registry import Request
 
     llada, G, P = tiny_dsl.llada, 16, 16
-    args = _tiny_batch(llada.cfg, G)
+    args = _remask_args(llada.cfg, G)
     ids = jnp.concatenate([args[0], jnp.full((2, G), llada.cfg.mask_token_id)], 1)
     p0 = np.asarray(jax.nn.softmax(llada(ids, attention_mask=args[1], positions=args[2])[:, P:],
                                    -1).max(-1))
@@ -1031,7 +1034,7 @@ def test_cfg_scale_is_llada_unsupervised_guidance_and_zero_is_off():
     A, C = r.normal(size=(G, V)).astype(np.float32), r.normal(size=(G, V)).astype(np.float32)
     A[:, cfg.mask_token_id] = C[:, cfg.mask_token_id] = -30  # never predicted
     fake = _FakeLLaDA(cfg, A, C)
-    args = _tiny_batch(cfg, G)
+    args = _remask_args(cfg, G)
     prompt, mask = np.asarray(args[0]), np.asarray(args[1])
     s = np.where(mask[:, :P], prompt, 0).sum(1) / 100
     counts, ends = schedules.block_plan(G, 4)
@@ -1068,7 +1071,7 @@ def test_block_length_overrides_the_samplers_own():
     A = r.normal(size=(G, V)).astype(np.float32)
     A[:, cfg.mask_token_id] = -30
     fake = _FakeLLaDA(cfg, A, np.zeros_like(A))
-    args = _tiny_batch(cfg, G)
+    args = _remask_args(cfg, G)
     for sampler, bl, nfe in [("eos_block", 4, 6), ("remask", 4, 7), ("remask", None, 3),
                              ("eos_block", None, 3)]:
         fake.seen.clear()
@@ -1135,7 +1138,7 @@ def test_confidence_eos_eot_inf_scores_eos_and_eot_predictions_zero():
         np.testing.assert_array_equal(out[0], logits[0].argmax(-1))
     # The request's flag reaches the sampler with the model's EOS and EoT ids.
     fake = _FakeLLaDA(cfg, logits[0], np.zeros_like(logits[0]))
-    args = _tiny_batch(cfg, G, (4,))
+    args = _remask_args(cfg, G, (4,))
     fake.seen.clear()
     out = remask.run_batch(fake, *args, Request(3, G, confidence_eos_eot_inf=True),
                            mode="low_confidence")

@@ -13,8 +13,8 @@ authors' deterministic sampler), pf_ode (the probability-flow ODE, not the paper
 (low-confidence remasking, EOS suppressed, blocks of 32).
 
 The DSL samplers' knobs (docs/method.md section 3), each at the paper's value unless
-given: --snr-grid, --s-min, --s-max, --beta-scale, --top-k, --cache-refresh (1: exact;
-K: an approximate prompt cache refreshed every K Heun steps), and --noise-scale (sde only).
+given: --snr-grid, --s-min, --s-max, --beta-scale, --top-k, --cache-refresh (default 8: an
+approximate prompt cache refreshed every 8 Heun steps; 1: exact), and --noise-scale (sde only).
 Giving one to a remasking sampler is an error. The remasking samplers' knobs, each at
 LLaDA's value unless given: --block-length, --cfg-scale, --confidence-eos-eot-inf, and
 Fast-dLLM's --remask-cache and --threshold; giving one to a DSL sampler is an error.
@@ -70,7 +70,7 @@ def register(sub):
     p.add_argument("--cache-refresh", type=int, default=None,
                    help="sde/ode/pf_ode: recompute the prompt's keys/values (a full pass) every "
                    "K Heun steps and run every other pass on the response positions only "
-                   "against them; 1: every pass full (exact), 0: only the first (default 1)")
+                   "against them; 1: every pass full (exact), 0: only the first (default 8)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="remasking samplers: 0 = argmax, > 0 Gumbel-max (default 0)")
     p.add_argument("--block-length", dest="block_length", type=int, default=None,

@@ -106,7 +106,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
              bucket: int = batching.BUCKET, shared_seed: bool = False,
              beta_scale: float = BETA_INFER_SCALE, noise_scale: float | None = None,
              s_min: float = schedules.SNR_MIN, s_max: float = schedules.SNR_MAX,
-             top_k: int = TOP_K, cache_refresh: int = 1, block_length: int | None = None,
+             top_k: int = TOP_K, cache_refresh: int = registry.CACHE_REFRESH, block_length: int | None = None,
              remask_cache: str = "none", threshold: float | None = None,
              cfg_scale: float = 0.0, confidence_eos_eot_inf: bool = False) -> list[list[int]]:
     """Response token ids (``gen_length`` per prompt) for chat-templated ``prompts``.
@@ -123,7 +123,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
     ``snr_grid`` (sensitive / loglinear) from ``s_min`` to ``s_max``, ``beta_scale``
     (beta_infer = beta_scale x beta), ``top_k`` (x_hat's top-k), ``noise_scale`` (``sde``
     only; None: by NFE, :func:`schedules.noise_scale`), ``cache_refresh`` (the prompt's
-    keys/values recomputed every k Heun steps; 1: every pass, exact; 0: once).
+    keys/values recomputed every k Heun steps; 1: every pass, exact; 0: once; default 8).
     The remasking samplers' knobs (defaults: LLaDA's): ``block_length`` (None: the
     sampler's own), ``remask_cache`` (none / prefix / dual), ``threshold`` (commit every
     masked position of the block whose confidence is >= it, at least one a step), ``cfg_scale``

@@ -17,6 +17,9 @@ from dsl_jax.errors import require
 from dsl_jax.sampling import remask, schedules, sde
 
 
+CACHE_REFRESH = 8  # DSL-SDE's default prompt-cache refresh interval
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     """What one generation run asks for (hashable: it keys the compiled functions)."""
@@ -31,7 +34,9 @@ class Request:
     s_min: float = schedules.SNR_MIN  # the grid's first SNR
     s_max: float = schedules.SNR_MAX  # the grid's last SNR (sensitive: of its third segment)
     top_k: int = sde.TOP_K  # x_hat over the top-k probabilities
-    cache_refresh: int = 1  # prompt keys/values refreshed every k Heun steps (1: exact, 0: once)
+    # The prompt's keys/values refreshed every k Heun steps (1: exact, 0: once); 8 is the
+    # largest k measured within 0.5 ROUGE-1 of exact (docs/method.md section 3).
+    cache_refresh: int = CACHE_REFRESH
     # The remasking samplers' knobs (docs/method.md section 3); the defaults are LLaDA's.
     block_length: int | None = None  # None: the sampler's own (one block; eos_block: 32)
     remask_cache: str = "none"  # none / prefix / dual (Fast-dLLM's caches)
