@@ -42,3 +42,38 @@ def test_benchmark_runs_and_writes_its_figures(name, tmp_path):
         off, on = rows[("sde", 1, None, None)], rows[("sde", 0, None, None)]
         # NFE 4: 5 passes over 40-56 prompt tokens (padded to 64) + 8; cached: 1 + 4 over 8
         assert off["flops_per_summary"] / on["flops_per_summary"] > 2.5
+
+
+def test_cache_quality_compares_each_k_with_the_exact_sampler(tmp_path, capsys):
+    """``bench cache_quality`` on a tiny DSL checkpoint: k = 1 is the reference (agreement 1,
+    no ROUGE-1 difference), every other k gets a row, and the recommendation is one of them;
+    a --demo folder that is no demo run is one line."""
+    from flax import nnx
+
+    from dsl_jax import config
+    from dsl_jax.checkpoint import save_model
+    from dsl_jax.cli import main
+    from dsl_jax.dsl import DSLConfig, DSLModel
+    from dsl_jax.textfiles import write_jsonl
+    from eval_fixtures import make_tokenizer, xsum_rows
+
+    ckpt = tmp_path / "dsl"
+    save_model(str(ckpt), DSLModel(config.preset("tiny"), DSLConfig(noise_dim=16),
+                                   rngs=nnx.Rngs(params=0)))
+    make_tokenizer(str(ckpt / "tokenizer.json"))
+    data = tmp_path / "test.jsonl"
+    write_jsonl(str(data), [{"document": r["document"][:200], "summary": r["summary"]}
+                            for r in xsum_rows(3)])
+    out = tmp_path / "q.json"
+    assert main(["bench", "cache_quality", "--ckpt", str(ckpt), "--data", str(data), "--ks", "0,2",
+                 "--nfe", "8", "--gen-length", "8", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    cells = {c["k"]: c for c in figures["cells"]}
+    assert set(cells) == {1, 0, 2} and figures["examples"] == 3
+    assert cells[1]["token_agreement"] == 1.0 and cells[1]["delta_rouge1"] == 0.0
+    assert all(0.0 <= c["token_agreement"] <= 1.0 for c in cells.values())
+    assert figures["recommended_k"] in cells
+    capsys.readouterr()
+    assert main(["bench", "cache_quality", "--demo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no stages.json" in err[0]
