@@ -445,7 +445,9 @@ def _trace_sample(devices, mesh_spec: str | None, model_name: str, batch: int,
                   prompt_length: int | None, gen_length: int, nfe: int, noise_dim: int,
                   dtype: str | None, param_dtype: str | None, attention: str | None = None):
     """One jitted DSL-SDE batch (``dsl_jax.sampling``'s function: the whole Heun loop) on
-    ``batch`` left-padded prompts of ``prompt_length`` + ``gen_length`` response positions."""
+    ``batch`` left-padded prompts of ``prompt_length`` + ``gen_length`` response positions,
+    every pass a full one (``cache_refresh`` 1, the exact sampler: the upper bound; the
+    prompt cache's default cuts the FLOPs further, ``dsl-jax bench sample``)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -467,7 +469,7 @@ def _trace_sample(devices, mesh_spec: str | None, model_name: str, batch: int,
             f"({' x '.join(sharding.batch_axes(mesh))} = {n_batch} chips); use a multiple of {n_batch}")
     graphdef, state = sharding.abstract_with_shardings(
         dsl.build_dsl(mc, dsl.DSLConfig(noise_dim=noise_dim)), mesh)
-    request = registry.Request(nfe, gen_length)
+    request = registry.Request(nfe, gen_length, cache_refresh=1)
     run = registry.REGISTRY["sde"].run
 
     def fn(state, prompt_ids, mask, positions, keys):
@@ -485,7 +487,7 @@ def _trace_sample(devices, mesh_spec: str | None, model_name: str, batch: int,
     return traced, dict(
         what="sample", mesh=mesh, model=model_name, model_cfg=mc, tokens=batch * L,
         shape=f"DSL-SDE batch {batch} x (prompt {P} + response {gen_length}), NFE {nfe} "
-              f"({passes} forward passes)", forward_passes=passes,
+              f"({passes} full forward passes, no prompt cache)", forward_passes=passes,
         model_flops=passes * forward_model_flops(mc, batch * L, L),
         flops_formula="forward passes x (2 x matmul params x tokens + attention)")
 

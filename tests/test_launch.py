@@ -295,7 +295,7 @@ def test_compile_check_tiny_sample_prints_memory_and_seconds_per_nfe(tmp_path, c
     f = json.loads(out_json.read_text())
     # Default batch: 4 per chip of the batch axes (fsdp=4): 16 prompts of 64 + 32 positions.
     assert f["what"] == "sample" and f["chips"] == 4 and f["tokens_per_step"] == 16 * 96
-    assert "DSL-SDE batch 16 x (prompt 64 + response 32), NFE 4 (5 forward passes)" in out
+    assert "DSL-SDE batch 16 x (prompt 64 + response 32), NFE 4 (5 full forward passes, no prompt cache)" in out
     for label in ("arguments", "outputs", "temporaries", "generated code", "total"):
         assert f"  {label} " in out
     assert "memory per chip (HBM 95 GiB)" in out and ": fits" in out
