@@ -285,6 +285,12 @@ def _pct(x) -> float:
     return 0.0 if x is None else 100.0 * x
 
 
+def _verdict(first: bool, second: bool) -> str:
+    """A claim with two parts: reproduced (both), partly (one) or not (neither)."""
+    return ("reproduced" if first and second else "partly reproduced" if first or second
+            else "not reproduced")
+
+
 def claims(s: DemoSettings, sweeps: dict, rob: list[dict]) -> list[str]:
     """The "What this run shows" bullets, stated from the numbers: claim 1 (DSL-SDE
     against one-block remasking at NFE <= 8: ROUGE-1 and repetition), claim 2 (DSL's
@@ -299,8 +305,7 @@ def claims(s: DemoSettings, sweeps: dict, rob: list[dict]) -> list[str]:
             r1 = sde["rouge1"] > rm["rouge1"]
             # repetition is over non-empty outputs: none (all empty) counts as no repetition
             rep = _pct(sde["repetition"]) < _pct(rm["repetition"])
-            verdict = ("reproduced" if r1 and rep else "partly reproduced" if r1 or rep
-                       else "not reproduced")
+            verdict = _verdict(r1, rep)
             lines.append(
                 f"- Claim 1, NFE {nfe}, against {model} + one-block remasking: **{verdict}**. "
                 f"DSL-SDE ROUGE-1 {sde['rouge1']:.1f} vs {rm['rouge1']:.1f} "
@@ -315,8 +320,7 @@ def claims(s: DemoSettings, sweeps: dict, rob: list[dict]) -> list[str]:
         if d is None or m is None:
             continue
         fix, kept = d["fix_rate"] > m["fix_rate"], d["clean_kept_rate"] > m["clean_kept_rate"]
-        verdict = ("reproduced" if fix and kept else "partly reproduced" if fix or kept
-                   else "not reproduced")
+        verdict = _verdict(fix, kept)
         lines.append(
             f"- Claim 2, random corruption {100 * rate:g}%: **{verdict}**. DSL fixes "
             f"{d['fix_rate']:.1f}% of corrupted tokens (MDM control {m['fix_rate']:.1f}%) and "

@@ -52,6 +52,23 @@ def _train_overrides(w, **over):
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def train_inputs(d, n_texts: int) -> dict:
+    """In folder ``d``: DATA (data/data.jsonl of ``n_texts`` patterned texts), TOK (a
+    tokenizer trained on them) and INIT (a tiny LLaDA checkpoint), as paths."""
+    r = random.Random(0)
+    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(r.randint(8, 20)))
+             for i in range(n_texts)]
+    os.makedirs(d / "data")
+    out = {"DATA": str(d / "data" / "data.jsonl"), "TOK": str(d / "tok" / "tokenizer.json"),
+           "INIT": str(d / "init")}
+    with open(out["DATA"], "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    train_small(texts, 512, out["TOK"])
+    checkpoint.save_model(out["INIT"], LLaDA(config.preset("tiny", dtype="float32"),
+                                             rngs=nnx.Rngs(params=0)))
+    return out
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, mesh1_module):
     from dsl_jax.conversion.convert import convert
@@ -94,18 +111,7 @@ def world(tmp_path_factory, mesh1_module):
     w["BENCH"] = str(d / "texts" / "test.jsonl")
     open(w["BENCH"], "w").write(json.dumps({"document": "a b c", "summary": "a"}) + "\n")
     # A training corpus, tokenizer, init checkpoint and a run saved at step 2.
-    r = random.Random(0)
-    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(r.randint(8, 20)))
-             for i in range(100)]
-    os.makedirs(d / "data")
-    w["DATA"] = str(d / "data" / "data.jsonl")
-    with open(w["DATA"], "w") as f:
-        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
-    w["TOK"] = str(d / "tok" / "tokenizer.json")
-    train_small(texts, 512, w["TOK"])
-    w["INIT"] = str(d / "init")
-    checkpoint.save_model(w["INIT"], LLaDA(config.preset("tiny", dtype="float32"),
-                                           rngs=nnx.Rngs(params=0)))
+    w.update(train_inputs(d, 100))
     # A model whose mask token id is not the tokenizer's (vocabulary large enough).
     tiny = config.preset("tiny", dtype="float32")
     w["MASKCK"] = str(d / "maskck")

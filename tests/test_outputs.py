@@ -16,7 +16,6 @@ import errno
 import hashlib
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -28,15 +27,14 @@ from flax import nnx
 from dsl_jax import checkpoint, config, storage
 from dsl_jax.cli import main
 from dsl_jax.model import LLaDA
-from dsl_jax.tokenizer import train_small
 from test_conversion import CFG, random_tensors, write_hf
+from test_faults import train_inputs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:  # the eval's fake generator: tests.eval_fixtures:fake_factory
     sys.path.insert(0, ROOT)
 
-WORDS = "the cat sat on a mat and the dog ran far away in the warm sun".split()
 
 
 # ---- the world ----------------------------------------------------------------------------
@@ -53,18 +51,7 @@ def world(tmp_path_factory):
     w["HF"] = write_hf(str(d / "hf"), CFG, random_tensors(CFG), split=False)
     w["CK"] = str(d / "ck")
     convert(w["HF"], w["CK"], mesh=make_mesh(devices=jax.devices()[:1]), progress=False)
-    r = random.Random(0)
-    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(r.randint(8, 20)))
-             for i in range(60)]
-    os.makedirs(d / "data")
-    w["DATA"] = str(d / "data" / "data.jsonl")
-    with open(w["DATA"], "w") as f:
-        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
-    w["TOK"] = str(d / "tok" / "tokenizer.json")
-    train_small(texts, 512, w["TOK"])
-    w["INIT"] = str(d / "init")
-    checkpoint.save_model(w["INIT"], LLaDA(config.preset("tiny", dtype="float32"),
-                                           rngs=nnx.Rngs(params=0)))
+    w.update(train_inputs(d, 60))
     w["TEXTS"] = str(d / "texts.txt")
     open(w["TEXTS"], "w").write("the cat sat on a mat\n")
     w["BENCH"] = str(d / "bench" / "test.jsonl")
