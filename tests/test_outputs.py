@@ -36,7 +36,6 @@ if ROOT not in sys.path:  # the eval's fake generator: tests.eval_fixtures:fake_
     sys.path.insert(0, ROOT)
 
 
-
 # ---- the world ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
