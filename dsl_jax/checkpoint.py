@@ -307,6 +307,7 @@ def save(path: str, params: dict, meta: dict, overwrite: bool = False,
     ``extra_files`` maps names in the checkpoint to files copied in (a tokenizer.json)."""
     import orbax.checkpoint as ocp
 
+    storage.bound_array_io_retries()
     with atomic_dir(path, overwrite, marker=META_FILE) as tmp:
         ckptr = ocp.StandardCheckpointer()  # every host writes its shards
         ckptr.save(storage.join(tmp, PARAMS_DIR), params)
@@ -324,6 +325,7 @@ def save_pieces(path: str, pieces: Iterable[dict], meta: dict, overwrite: bool =
     from orbax.checkpoint import v1 as ocp1
     from orbax.checkpoint.experimental.v1 import partial
 
+    storage.bound_array_io_retries()
     context = ocp1.Context()
     context.array.saving.use_compression = False
 
@@ -414,6 +416,7 @@ def restore(path: str, target: dict) -> dict:
     params_dir = storage.join(storage.abspath(path),
                               PARAMS_DIR)
     require(storage.isdir(params_dir), f"{path}: checkpoint has no {PARAMS_DIR}/ directory")
+    storage.bound_array_io_retries()
     ckptr = ocp.PyTreeCheckpointer()
     with storage.user_errors(path), read_errors(path):
         stored = ckptr.metadata(params_dir)

@@ -521,3 +521,21 @@ def require_bucket(p) -> None:
         found = _fs(p).exists(bucket)
     if not found:
         raise UserError(f"{p}: bucket {bucket} does not exist (or is not accessible)")
+
+
+# TensorStore (orbax's array reads and writes) retries a failed gs:// request 32 times by
+# default, up to 32 s apart: a server that is gone holds a command about 15 minutes before
+# it fails. Bounded to 6 retries 1 s to 32 s apart (about a minute in all), the order of
+# gcsfs's own 6 tries (about 35 s), so a bucket that stays unreachable stops a command
+# in about a minute either way while a passing outage is still ridden out.
+TENSORSTORE_GCS_RETRIES = {"max_retries": 6, "initial_delay": "1s", "max_delay": "32s"}
+
+
+def bound_array_io_retries() -> None:
+    """Give orbax's TensorStore contexts :data:`TENSORSTORE_GCS_RETRIES` (called before
+    every orbax checkpoint read or write; orbax builds each context from these defaults)."""
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    for context in (tensorstore_utils._BASE_TS_CONTEXT,
+                    tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+        context.setdefault("gcs_request_retries", dict(TENSORSTORE_GCS_RETRIES))

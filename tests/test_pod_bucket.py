@@ -277,7 +277,7 @@ def test_server_gone_mid_save_is_one_line_and_the_last_checkpoint_survives(corpu
                     _complete_steps(run) == [2], proxy.go_away)
     lines: list[str] = []
     t0 = time.monotonic()
-    status = _run(argv, 1, lines, timeout=240)
+    status = _run(argv, 1, lines, timeout=360)
     watcher.join(timeout=5)
     print(f"server gone: stopped after {time.monotonic() - t0:.0f} s")
     errors = [s for s in lines if "error:" in s]

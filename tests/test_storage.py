@@ -133,3 +133,33 @@ def test_dirname_basename():
     assert storage.basename("gs://b/x/y.txt") == "y.txt"
     assert storage.dirname("rel/y.txt") == os.path.abspath("rel")
     assert storage.basename("/a/y.txt") == "y.txt"
+
+
+def test_array_io_retries_are_bounded():
+    """orbax's TensorStore contexts carry the project's retry bound to gs:// requests: with
+    2 retries, a refused server fails after exactly 2 attempts (TensorStore's own default is
+    32, about 15 minutes)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import tensorstore as ts
+        from orbax.checkpoint._src.serialization import tensorstore_utils
+        from dsl_jax import storage
+        storage.TENSORSTORE_GCS_RETRIES["max_retries"] = 2
+        storage.bound_array_io_retries()
+        spec = {"driver": "zarr", "kvstore": "gs://bucket-r2/x",
+                "metadata": {"shape": [4], "dtype": "<f4"}}
+        try:
+            ts.open(spec, create=True, context=tensorstore_utils.get_ts_context(
+                use_ocdbt=False)).result()
+        except ValueError as e:
+            print(str(e).splitlines()[0])
+    """)
+    env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": "http://127.0.0.1:9",
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert "All 2 retry attempts failed" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert storage.TENSORSTORE_GCS_RETRIES["max_retries"] == 6

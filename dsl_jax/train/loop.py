@@ -248,6 +248,7 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
             write_atomic(storage.join(out_dir, "config.json"), cfg.to_json(indent=2))
 
     # (cleanup_tmp_directories: a save killed midway left orbax's STEP.orbax-checkpoint-tmp*)
+    storage.bound_array_io_retries()
     options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.keep), create=True,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
