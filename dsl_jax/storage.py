@@ -527,7 +527,7 @@ def require_bucket(p) -> None:
 # default, up to 32 s apart: a server that is gone holds a command about 15 minutes before
 # it fails. Bounded to 6 retries 1 s to 32 s apart (about a minute in all), the order of
 # gcsfs's own 6 tries (about 35 s), so a bucket that stays unreachable stops a command
-# in about a minute either way while a passing outage is still ridden out.
+# within a minute or two while a passing outage is still ridden out.
 TENSORSTORE_GCS_RETRIES = {"max_retries": 6, "initial_delay": "1s", "max_delay": "32s"}
 
 

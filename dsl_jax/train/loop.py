@@ -247,8 +247,8 @@ def train(cfg, progress: bool = True, _stop_after: int | None = None) -> str:
         if not resuming:  # a resumed run keeps the config.json it was started with
             write_atomic(storage.join(out_dir, "config.json"), cfg.to_json(indent=2))
 
-    # (cleanup_tmp_directories: a save killed midway left orbax's STEP.orbax-checkpoint-tmp*)
     storage.bound_array_io_retries()
+    # (cleanup_tmp_directories: a save killed midway left orbax's STEP.orbax-checkpoint-tmp*)
     options = ocp.CheckpointManagerOptions(max_to_keep=int(cfg.keep), create=True,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
