@@ -2,7 +2,7 @@
 
 Each example is a short "news report" of six to eight sentences about an event: who did
 what, where and when, what someone said about it, how the crowd and the weather were,
-with a distractor sentence or two; its summary is three sentences (about 35 words, 45-55
+with a distractor sentence or two; its summary is three sentences (about 30 words, 32-39
 tokens of the demo tokenizer) that restate the facts in a fixed order, in other words
 than the document's. Summaries several times longer than a sampler's step budget are
 what makes the length-quality trade-off of one-block remasking visible (docs/evaluation.md).

@@ -106,9 +106,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, sampler: str, nfe: int,
              bucket: int = batching.BUCKET, shared_seed: bool = False,
              beta_scale: float = BETA_INFER_SCALE, noise_scale: float | None = None,
              s_min: float = schedules.SNR_MIN, s_max: float = schedules.SNR_MAX,
-             top_k: int = TOP_K, cache_refresh: int = registry.CACHE_REFRESH, block_length: int | None = None,
-             remask_cache: str = "none", threshold: float | None = None,
-             cfg_scale: float = 0.0, confidence_eos_eot_inf: bool = False) -> list[list[int]]:
+             top_k: int = TOP_K, cache_refresh: int = registry.CACHE_REFRESH,
+             block_length: int | None = None, remask_cache: str = "none",
+             threshold: float | None = None, cfg_scale: float = 0.0,
+             confidence_eos_eot_inf: bool = False) -> list[list[int]]:
     """Response token ids (``gen_length`` per prompt) for chat-templated ``prompts``.
 
     ``model``: a DSLModel (``sde``/``ode``/``pf_ode``), a LLaDA or a DSLModel (its ``.llada``
